@@ -1,0 +1,181 @@
+//! One replica: binds its listener, starts its background tasks, serves until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::PeerClient;
+use crate::config::Settings;
+use crate::discovery::{self, Candidate, Method, Report, Reports};
+use crate::identity::{Me, process_env};
+use crate::membership::{Membership, State, Timing};
+use crate::prober;
+
+/// Everything a replica's tasks and handlers share.
+pub struct Node {
+    pub settings: Settings,
+    pub me: Arc<Me>,
+    pub membership: Membership,
+    pub reports: Reports,
+    pub client: PeerClient,
+    pub candidates: mpsc::Sender<Candidate>,
+    ready: AtomicBool,
+}
+
+impl Node {
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.probe_interval_ms)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct Application {
+    node: Arc<Node>,
+    listener: TcpListener,
+    candidates: mpsc::Receiver<Candidate>,
+}
+
+impl Application {
+    /// Binds the listener first, so a port of 0 becomes the real port in the identity.
+    pub async fn build(mut settings: Settings) -> Result<Application, AppError> {
+        let addr = SocketAddr::new(settings.bind_addr, settings.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        if let Ok(bound) = listener.local_addr() {
+            settings.port = bound.port();
+        }
+        let me = Arc::new(Me::new(&settings, &process_env));
+        let client = PeerClient::new(
+            Some(me.addr().ip()),
+            prober::probe_timeout(Duration::from_millis(settings.probe_interval_ms)),
+        );
+        let (tx, rx) = mpsc::channel(discovery::QUEUE);
+        let timing = Timing {
+            dead_after: Duration::from_secs(settings.dead_after_secs),
+            forget_after: Duration::from_secs(settings.forget_after_secs),
+        };
+        let reports = Reports::default();
+        reports.set(
+            Method::Announce,
+            Report {
+                detail: "replicas that find this one say hello (POST /api/hello); \
+                         it calls the claimed address back before admitting them"
+                    .into(),
+                ..Report::default()
+            },
+        );
+        let node = Arc::new(Node {
+            settings,
+            me,
+            membership: Membership::new(timing),
+            reports,
+            client,
+            candidates: tx,
+            ready: AtomicBool::new(false),
+        });
+        Ok(Application {
+            node,
+            listener,
+            candidates: rx,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.node.me.addr())
+    }
+
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: turns unready, tells peers it is
+    /// leaving, lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        let Application {
+            node,
+            listener,
+            candidates,
+        } = self;
+        let tasks = start_tasks(&node, candidates);
+        node.ready.store(true, Ordering::Relaxed);
+        let me = node.me.identity();
+        tracing::info!(
+            instance_id = %me.instance_id, name = %me.name, service = %me.service,
+            addr = %me.addr, platform = %me.platform, "replica ready"
+        );
+
+        let draining = node.clone();
+        let graceful = async move {
+            shutdown.await;
+            draining.ready.store(false, Ordering::Relaxed);
+            say_goodbye(&draining).await;
+            tracing::info!("draining: finishing in-flight requests");
+        };
+        let app = crate::web::router(node.clone());
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(graceful)
+        .await;
+        for task in tasks {
+            task.abort();
+        }
+        served.map_err(AppError::Serve)
+    }
+}
+
+fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<JoinHandle<()>> {
+    let concurrency = scan_concurrency(node.settings.scan_concurrency as usize);
+    vec![
+        tokio::spawn(node.me.clone().sample_system(Duration::from_secs(2))),
+        tokio::spawn(discovery::run_verifier(node.clone(), candidates)),
+        tokio::spawn(discovery::scan::run(node.clone(), concurrency)),
+        tokio::spawn(prober::run(node.clone())),
+    ]
+}
+
+/// Each scan connect holds a file descriptor: raise the limit, and never plan more connects
+/// than it allows.
+fn scan_concurrency(wanted: usize) -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let spare = (limit as usize).saturating_sub(256).max(16);
+    wanted.min(spare)
+}
+
+/// Tells every live member we are leaving, so they mark us `left` at once instead of
+/// waiting for probes to fail.
+async fn say_goodbye(node: &Node) {
+    let me = node.me.identity();
+    let snapshot = node.membership.snapshot();
+    let calls = snapshot
+        .members
+        .iter()
+        .filter(|m| matches!(m.state, State::Alive | State::Suspect))
+        .map(|m| node.client.tell(m.identity.addr, "/api/goodbye", &me));
+    let _ = tokio::time::timeout(Duration::from_secs(2), join_all(calls)).await;
+}

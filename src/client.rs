@@ -1,0 +1,145 @@
+//! Direct calls to other replicas: one HTTP client, bounded in time and in what it reads.
+//!
+//! Whatever answers on a peer's port may be hostile, so every call has a deadline, never
+//! follows redirects or proxies, and reads at most a small body.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::identity::Identity;
+
+/// An identity is a few hundred bytes; anything much larger is not one.
+pub const MAX_IDENTITY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("body larger than {MAX_IDENTITY_BYTES} bytes")]
+    TooLarge,
+    #[error("not a rollcall identity ({0})")]
+    NotIdentity(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CallError {
+    /// Nothing was listening: not a finding about a neighbour, just absence.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, CallError::Connect(_))
+    }
+
+    fn from_reqwest(e: reqwest::Error) -> CallError {
+        if e.is_timeout() {
+            CallError::Timeout
+        } else if e.is_connect() {
+            CallError::Connect(root_cause(&e))
+        } else {
+            CallError::Other(root_cause(&e))
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+}
+
+/// A successful identity call and its round-trip time.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub identity: Identity,
+    pub status: u16,
+    pub rtt_ms: f64,
+}
+
+impl PeerClient {
+    /// `local_ip`: calls leave from this address so peers see who is calling (ignored when
+    /// the address is not on this machine).
+    pub fn new(local_ip: Option<IpAddr>, timeout: Duration) -> PeerClient {
+        let local_ip = local_ip.filter(|ip| {
+            !ip.is_unspecified() && std::net::TcpListener::bind((*ip, 0)).is_ok()
+        });
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .local_address(local_ip)
+            .pool_max_idle_per_host(2)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("rollcall/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .or_else(|_| reqwest::Client::builder().no_proxy().build())
+            .unwrap_or_default();
+        PeerClient { http }
+    }
+
+    /// `GET /api/identity` at `addr`.
+    pub async fn identity(&self, addr: SocketAddr) -> Result<Reply, CallError> {
+        let started = Instant::now();
+        let response = self
+            .http
+            .get(format!("http://{addr}/api/identity"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(CallError::from_reqwest)?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(CallError::Status(status));
+        }
+        let body = read_bounded(response).await?;
+        let identity = serde_json::from_slice::<Identity>(&body)
+            .map_err(|e| CallError::NotIdentity(e.to_string()))?;
+        Ok(Reply {
+            identity,
+            status,
+            rtt_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Tells `addr` about us (`POST /api/hello`) or that we leave (`POST /api/goodbye`).
+    pub async fn tell(&self, addr: SocketAddr, path: &str, me: &Identity) -> Result<(), CallError> {
+        let response = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .json(me)
+            .send()
+            .await
+            .map_err(CallError::from_reqwest)?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            status => Err(CallError::Status(status)),
+        }
+    }
+}
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, CallError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_IDENTITY_BYTES as u64)
+    {
+        return Err(CallError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(CallError::from_reqwest)? {
+        if body.len() + chunk.len() > MAX_IDENTITY_BYTES {
+            return Err(CallError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

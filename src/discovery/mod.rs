@@ -1,0 +1,150 @@
+//! Discovery: sources turn their evidence into candidate addresses; one verifier decides
+//! what each candidate is and is the only writer of members into the table.
+//!
+//! Adding a method means adding a file here that sends [`Candidate`]s and fills in its
+//! [`Report`].
+
+pub mod scan;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::app::Node;
+use crate::membership::Admission;
+use crate::verify::{Verdict, verify};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Scan,
+    Registry,
+    Dns,
+    Seed,
+    Announce,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Scan => "scan",
+            Method::Registry => "registry",
+            Method::Dns => "dns",
+            Method::Seed => "seed",
+            Method::Announce => "announce",
+        }
+    }
+}
+
+/// An address some source thinks may be a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub addr: SocketAddr,
+    pub method: Method,
+}
+
+/// What a source says about its own work, for the discovery report.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// `Some(reason)` when the method is switched off.
+    pub off: Option<String>,
+    pub last_run: Option<Instant>,
+    pub duration: Option<Duration>,
+    pub detail: String,
+    /// The source ran but could not do its job (an error, not an empty result).
+    pub failed: bool,
+}
+
+/// Every source's report, keyed by method.
+#[derive(Debug, Default)]
+pub struct Reports(Mutex<BTreeMap<Method, Report>>);
+
+impl Reports {
+    pub fn set(&self, method: Method, report: Report) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(method, report);
+        }
+    }
+
+    pub fn all(&self) -> BTreeMap<Method, Report> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// Candidates waiting for verification; sources block when it is full, hellos are refused.
+pub const QUEUE: usize = 4096;
+/// Verifications in flight at once: each is one short HTTP call.
+const VERIFY_CONCURRENCY: usize = 64;
+
+/// Verifies candidates until the channel closes.
+pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candidate>) {
+    let in_flight: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let permits = Arc::new(Semaphore::new(VERIFY_CONCURRENCY));
+    while let Some(candidate) = candidates.recv().await {
+        if candidate.addr == node.me.addr() {
+            continue;
+        }
+        // A live member at that address is already verified; the prober keeps it honest.
+        if node.membership.tag_source(candidate.addr, candidate.method) {
+            continue;
+        }
+        if !in_flight
+            .lock()
+            .map(|mut set| set.insert(candidate.addr))
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let node = node.clone();
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            let verdict = verify(&node.client, &node.me, candidate.addr).await;
+            apply(&node, candidate, verdict);
+            if let Ok(mut set) = in_flight.lock() {
+                set.remove(&candidate.addr);
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
+    match verdict {
+        Verdict::Member(identity) => {
+            let addr = identity.addr;
+            if node.membership.admit(identity, candidate.method) == Admission::New {
+                announce(node.clone(), addr);
+            }
+        }
+        Verdict::Alias(identity) => {
+            let claimed = identity.addr;
+            node.membership.alias(candidate.addr, identity.instance_id);
+            // The replica behind the alias says where it lives: verify that directly.
+            let _ = node.candidates.try_send(Candidate {
+                addr: claimed,
+                method: candidate.method,
+            });
+        }
+        Verdict::Foreign(reason) => node.membership.foreign(candidate.addr, reason),
+        Verdict::Myself => {}
+        Verdict::Unreachable(why) => {
+            tracing::debug!(addr = %candidate.addr, %why, "candidate unreachable");
+        }
+    }
+}
+
+/// Tells a newly admitted member about us, so it need not wait for its own discovery.
+fn announce(node: Arc<Node>, addr: SocketAddr) {
+    tokio::spawn(async move {
+        if let Err(e) = node.client.tell(addr, "/api/hello", &node.me.identity()).await {
+            tracing::debug!(%addr, error = %e, "hello not accepted");
+        }
+    });
+}

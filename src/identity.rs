@@ -1,0 +1,326 @@
+//! Who this replica is: a random incarnation id, names, the address peers should call,
+//! the platform it runs on, and system figures refreshed in the background.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::config::{AutoOr, Settings};
+
+/// A replica's identity as it travels between replicas and to clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub instance_id: String,
+    pub name: String,
+    pub service: String,
+    pub addr: SocketAddr,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub platform: String,
+    #[serde(default)]
+    pub system: SystemFigures,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SystemFigures {
+    pub cpus: usize,
+    /// This process's CPU use, as a share of the whole machine (0-100).
+    pub cpu_pct: f32,
+    pub mem_total_bytes: u64,
+    pub mem_used_bytes: u64,
+    pub rss_bytes: u64,
+    pub uptime_secs: u64,
+}
+
+/// The platform, as told by the environment variables it sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub name: &'static str,
+    /// The environment variable that gave it away, for the discovery report.
+    pub marker: Option<&'static str>,
+}
+
+/// Variables whose presence means "a container platform runs us", in SPEC.md's order.
+pub const PLATFORM_MARKERS: &[(&str, &str)] = &[
+    ("ROLLCALL_PLATFORM", ""),
+    ("KUBERNETES_SERVICE_HOST", "kubernetes"),
+    ("DYNO", "heroku"),
+    ("RENDER_SERVICE_NAME", "render"),
+    ("FLY_APP_NAME", "fly"),
+    ("ECS_CONTAINER_METADATA_URI_V4", "ecs"),
+    ("WEBSITE_INSTANCE_ID", "azure"),
+    ("K_SERVICE", "cloudrun"),
+];
+
+/// Reads one environment variable; tests pass their own.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Platform {
+    pub fn detect(env: Env) -> Platform {
+        for &(var, name) in PLATFORM_MARKERS {
+            if let Some(value) = env(var) {
+                let name = if var == "ROLLCALL_PLATFORM" {
+                    // Our own app spec names the platform; keep the names we know.
+                    match value.to_ascii_lowercase().as_str() {
+                        "digitalocean" | "do" | "app-platform" => "digitalocean",
+                        "kubernetes" => "kubernetes",
+                        "dokku" => "dokku",
+                        "heroku" => "heroku",
+                        "render" => "render",
+                        "fly" => "fly",
+                        "azure" => "azure",
+                        _ => "container",
+                    }
+                } else {
+                    name
+                };
+                return Platform {
+                    name,
+                    marker: Some(var),
+                };
+            }
+        }
+        Platform {
+            name: "local",
+            marker: None,
+        }
+    }
+
+    pub fn is_container(&self) -> bool {
+        self.marker.is_some()
+    }
+}
+
+/// The platform's own name for this replica, if it gives one.
+fn platform_instance_name(env: Env) -> Option<String> {
+    ["POD_NAME", "FLY_MACHINE_ID", "RENDER_INSTANCE_ID", "DYNO", "K_REVISION"]
+        .iter()
+        .find_map(|v| env(v))
+}
+
+/// The platform's own name for this service, if it gives one.
+fn platform_service_name(env: Env) -> Option<String> {
+    ["FLY_APP_NAME", "RENDER_SERVICE_NAME", "WEBSITE_SITE_NAME", "K_SERVICE"]
+        .iter()
+        .find_map(|v| env(v))
+}
+
+/// The platform's own word on this replica's private address.
+fn platform_ip(env: Env) -> Option<IpAddr> {
+    ["FLY_PRIVATE_IP", "POD_IP"]
+        .iter()
+        .find_map(|v| env(v).and_then(|ip| ip.trim().parse().ok()))
+}
+
+/// The first non-loopback interface address, IPv4 first, in interface-name order so the
+/// choice is stable across restarts.
+fn first_interface_ip() -> Option<IpAddr> {
+    let networks = Networks::new_with_refreshed_list().ok()?;
+    let mut ips: Vec<(bool, String, IpAddr)> = networks
+        .iter()
+        .flat_map(|(ifname, data)| {
+            let ifname = ifname.to_string_lossy().into_owned();
+            data.ip_networks()
+                .iter()
+                .map(move |net| (net.addr.is_ipv6(), ifname.clone(), net.addr))
+        })
+        .filter(|(_, _, ip)| !ip.is_loopback() && !ip.is_unspecified() && !is_link_local(ip))
+        .collect();
+    ips.sort();
+    ips.first().map(|(_, _, ip)| *ip)
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Decides the address peers should call.
+pub fn advertise_ip(settings: &Settings, env: Env) -> IpAddr {
+    if let AutoOr::Given(ip) = settings.advertise_addr {
+        return ip;
+    }
+    if let Some(ip) = platform_ip(env) {
+        return ip;
+    }
+    // A replica bound to one address can only be reached there.
+    if !settings.bind_addr.is_unspecified() {
+        return settings.bind_addr;
+    }
+    first_interface_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn hostname() -> Option<String> {
+    System::host_name().ok().filter(|h| !h.is_empty())
+}
+
+/// This replica: its fixed identity plus system figures that a sampler refreshes.
+#[derive(Debug)]
+pub struct Me {
+    fixed: Identity,
+    pub platform: Platform,
+    figures: RwLock<SystemFigures>,
+    started: Instant,
+}
+
+impl Me {
+    pub fn new(settings: &Settings, env: Env) -> Me {
+        let platform = Platform::detect(env);
+        let name = settings
+            .instance_name
+            .clone()
+            .or_else(|| platform_instance_name(env))
+            .or_else(hostname)
+            .unwrap_or_else(|| "rollcall".into());
+        let service = settings
+            .service_name
+            .clone()
+            .or_else(|| platform_service_name(env))
+            .unwrap_or_else(|| "rollcall".into());
+        let addr = SocketAddr::new(advertise_ip(settings, env), settings.port);
+        Me {
+            fixed: Identity {
+                instance_id: ulid::Ulid::new().to_string(),
+                name,
+                service,
+                addr,
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                platform: platform.name.into(),
+                system: SystemFigures::default(),
+            },
+            platform,
+            figures: RwLock::new(SystemFigures::default()),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.fixed.instance_id
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.fixed.addr
+    }
+    pub fn service(&self) -> &str {
+        &self.fixed.service
+    }
+
+    /// The identity with the latest system figures.
+    pub fn identity(&self) -> Identity {
+        let mut id = self.fixed.clone();
+        id.system = self.figures();
+        id
+    }
+
+    pub fn figures(&self) -> SystemFigures {
+        let mut figures = self
+            .figures
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        figures.uptime_secs = self.started.elapsed().as_secs();
+        figures
+    }
+
+    /// Refreshes system figures until the process ends. CPU use needs two samples apart
+    /// in time, so the first figures appear after one period.
+    pub async fn sample_system(self: Arc<Self>, period: Duration) {
+        let pid = Pid::from_u32(std::process::id());
+        let Ok(mut system) = System::new() else {
+            tracing::warn!("system figures unavailable on this platform");
+            return;
+        };
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            system.refresh_memory();
+            system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&[pid]),
+                true,
+                ProcessRefreshKind::nothing().with_cpu().with_memory(),
+            );
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // Inside a container the cgroup limit is the memory that matters.
+            let (total, used) = match system.cgroup_limits() {
+                Some(cg) => (cg.total_memory, cg.total_memory - cg.free_memory),
+                None => (system.total_memory(), system.used_memory()),
+            };
+            let process = system.process(pid);
+            let figures = SystemFigures {
+                cpus,
+                cpu_pct: process.map_or(0.0, |p| p.cpu_usage() / cpus as f32),
+                mem_total_bytes: total,
+                mem_used_bytes: used,
+                rss_bytes: process.map_or(0, |p| p.memory()),
+                uptime_secs: 0,
+            };
+            if let Ok(mut slot) = self.figures.write() {
+                *slot = figures;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn platform_detection() {
+        assert_eq!(Platform::detect(&env_of(&[])).name, "local");
+        let p = Platform::detect(&env_of(&[("ROLLCALL_PLATFORM", "digitalocean")]));
+        assert_eq!((p.name, p.marker), ("digitalocean", Some("ROLLCALL_PLATFORM")));
+        assert_eq!(
+            Platform::detect(&env_of(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).name,
+            "kubernetes"
+        );
+        assert_eq!(
+            Platform::detect(&env_of(&[("FLY_APP_NAME", "x")])).name,
+            "fly"
+        );
+    }
+
+    #[test]
+    fn identity_names_come_from_the_platform() {
+        use clap::Parser;
+        let settings = Settings::try_parse_from(["x", "--bind-addr", "127.0.0.7"]).unwrap();
+        let env = env_of(&[
+            ("FLY_APP_NAME", "chat"),
+            ("FLY_MACHINE_ID", "e82d"),
+            ("FLY_PRIVATE_IP", "fdaa::3"),
+        ]);
+        let me = Me::new(&settings, &env);
+        let id = me.identity();
+        assert_eq!(id.service, "chat");
+        assert_eq!(id.name, "e82d");
+        assert_eq!(id.addr, "[fdaa::3]:8080".parse().unwrap());
+        assert_eq!(id.platform, "fly");
+
+        // Without platform variables a specific bind address is the advertise address.
+        let me = Me::new(&settings, &env_of(&[]));
+        assert_eq!(me.addr(), "127.0.0.7:8080".parse().unwrap());
+        assert_eq!(me.service(), "rollcall");
+    }
+}

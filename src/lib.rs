@@ -1,0 +1,25 @@
+//! rollcall: can my replicas find each other and talk directly?
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! identity ─┐
+//!           ▼
+//! discovery sources ─► candidates ─► verify ─► membership ─► web views
+//! (scan, announce)     (addresses)   (who is   (table keyed   (page, /api/status,
+//!                                     it?)      by instance)   /peer)
+//!                                               ▲
+//!                                     prober ───┘ (alive → suspect → dead → forgotten)
+//! ```
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod discovery;
+pub mod identity;
+pub mod membership;
+pub mod prober;
+pub mod telemetry;
+pub mod verify;
+pub mod web;

@@ -1,0 +1,553 @@
+//! The member table: the single source of truth about who is in the cluster.
+//!
+//! Keyed by instance id, never by address: a restarted replica is a new member even on
+//! the same address. Only verification and the prober write here; everyone else reads
+//! snapshots, which are cheap to clone and never wait on discovery.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::discovery::Method;
+use crate::identity::Identity;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub identity: Identity,
+    pub sources: BTreeSet<Method>,
+    pub state: State,
+    pub rtt_ms: Option<f64>,
+    pub last_ok: Instant,
+    pub state_since: Instant,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Foreign {
+    pub reason: String,
+    pub seen: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Alias {
+    /// Instance ids this address answered as, most recent last.
+    pub answered_as: Vec<String>,
+    pub seen: Instant,
+}
+
+/// How long states last.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub dead_after: Duration,
+    pub forget_after: Duration,
+}
+
+/// Addresses that are not members are remembered, but only so many: a scan of a busy
+/// network must not grow memory without bound.
+const MAX_NOT_MEMBERS: usize = 256;
+const MAX_ANSWERED_AS: usize = 16;
+
+/// A consistent copy of the table at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken: Instant,
+    /// Sorted by address, then instance id.
+    pub members: Vec<Member>,
+    pub foreign: Vec<(SocketAddr, Foreign)>,
+    pub aliases: Vec<(SocketAddr, Alias)>,
+}
+
+impl Snapshot {
+    pub fn member(&self, instance_id: &str) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.identity.instance_id == instance_id)
+    }
+}
+
+/// What admitting an identity changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// First time seen: worth announcing ourselves to it.
+    New,
+    Known,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    members: HashMap<String, Member>,
+    foreign: HashMap<SocketAddr, Foreign>,
+    aliases: HashMap<SocketAddr, Alias>,
+}
+
+impl Table {
+    fn member_at(&mut self, addr: SocketAddr) -> impl Iterator<Item = &mut Member> {
+        self.members
+            .values_mut()
+            .filter(move |m| m.identity.addr == addr)
+    }
+
+    fn set_state(member: &mut Member, state: State, now: Instant) {
+        if member.state != state {
+            tracing::info!(
+                instance_id = %member.identity.instance_id,
+                name = %member.identity.name,
+                addr = %member.identity.addr,
+                from = ?member.state,
+                to = ?state,
+                error = member.last_error.as_deref().unwrap_or(""),
+                "member state changed"
+            );
+            member.state = state;
+            member.state_since = now;
+        }
+    }
+
+    fn admit(&mut self, identity: Identity, method: Method, now: Instant) -> Admission {
+        let addr = identity.addr;
+        self.foreign.remove(&addr);
+        self.aliases.remove(&addr);
+        // Only one process can hold an address: whoever held it before is gone.
+        for old in self.member_at(addr) {
+            if old.identity.instance_id != identity.instance_id
+                && matches!(old.state, State::Alive | State::Suspect)
+            {
+                old.last_error = Some(format!(
+                    "address now answers as instance {}",
+                    identity.instance_id
+                ));
+                Self::set_state(old, State::Dead, now);
+            }
+        }
+        match self.members.get_mut(&identity.instance_id) {
+            Some(member) => {
+                member.sources.insert(method);
+                member.identity = identity;
+                if member.state != State::Left {
+                    member.last_ok = now;
+                    member.last_error = None;
+                    Self::set_state(member, State::Alive, now);
+                }
+                Admission::Known
+            }
+            None => {
+                tracing::info!(
+                    instance_id = %identity.instance_id,
+                    name = %identity.name,
+                    addr = %identity.addr,
+                    source = ?method,
+                    "member joined"
+                );
+                self.members.insert(
+                    identity.instance_id.clone(),
+                    Member {
+                        identity,
+                        sources: BTreeSet::from([method]),
+                        state: State::Alive,
+                        rtt_ms: None,
+                        last_ok: now,
+                        state_since: now,
+                        last_error: None,
+                    },
+                );
+                Admission::New
+            }
+        }
+    }
+
+    fn probe_ok(&mut self, identity: Identity, rtt_ms: f64, now: Instant) {
+        let Some(member) = self.members.get_mut(&identity.instance_id) else {
+            return;
+        };
+        if member.state == State::Left {
+            return;
+        }
+        member.identity = identity;
+        member.rtt_ms = Some(rtt_ms);
+        member.last_ok = now;
+        member.last_error = None;
+        Self::set_state(member, State::Alive, now);
+    }
+
+    fn probe_failed(&mut self, instance_id: &str, error: String, now: Instant, timing: Timing) {
+        let Some(member) = self.members.get_mut(instance_id) else {
+            return;
+        };
+        if member.state == State::Left {
+            return;
+        }
+        member.last_error = Some(error);
+        let state = state_after_failure(member.state, member.last_ok, now, timing.dead_after);
+        Self::set_state(member, state, now);
+    }
+
+    fn replaced(&mut self, instance_id: &str, by: &str, now: Instant) {
+        if let Some(member) = self.members.get_mut(instance_id)
+            && member.state != State::Left
+        {
+            member.last_error = Some(format!("address now answers as instance {by}"));
+            Self::set_state(member, State::Dead, now);
+        }
+    }
+
+    fn left(&mut self, instance_id: &str, now: Instant) -> bool {
+        match self.members.get_mut(instance_id) {
+            Some(member) => {
+                member.last_error = Some("left (graceful shutdown)".into());
+                Self::set_state(member, State::Left, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Time-driven transitions: silent members die, long-dead ones are forgotten.
+    fn tick(&mut self, now: Instant, timing: Timing) {
+        for member in self.members.values_mut() {
+            if member.state == State::Suspect
+                && now.duration_since(member.last_ok) >= timing.dead_after
+            {
+                Self::set_state(member, State::Dead, now);
+            }
+        }
+        self.members.retain(|_, m| {
+            let gone = matches!(m.state, State::Dead | State::Left)
+                && now.duration_since(m.state_since) >= timing.forget_after;
+            if gone {
+                tracing::info!(instance_id = %m.identity.instance_id, name = %m.identity.name,
+                    addr = %m.identity.addr, "member forgotten");
+            }
+            !gone
+        });
+        let forget = now.checked_sub(timing.forget_after);
+        if let Some(cutoff) = forget {
+            self.foreign.retain(|_, f| f.seen >= cutoff);
+            self.aliases.retain(|_, a| a.seen >= cutoff);
+        }
+    }
+
+    fn foreign(&mut self, addr: SocketAddr, reason: String, now: Instant) {
+        if !self.foreign.contains_key(&addr) {
+            tracing::info!(%addr, %reason, "foreign service on the port");
+        }
+        self.aliases.remove(&addr);
+        insert_bounded(&mut self.foreign, addr, Foreign { reason, seen: now }, |f| f.seen);
+    }
+
+    fn alias(&mut self, addr: SocketAddr, answered_as: String, now: Instant) {
+        self.foreign.remove(&addr);
+        let mut entry = self.aliases.remove(&addr).unwrap_or(Alias {
+            answered_as: Vec::new(),
+            seen: now,
+        });
+        entry.answered_as.retain(|id| *id != answered_as);
+        entry.answered_as.push(answered_as);
+        if entry.answered_as.len() > MAX_ANSWERED_AS {
+            entry.answered_as.remove(0);
+        }
+        entry.seen = now;
+        insert_bounded(&mut self.aliases, addr, entry, |a| a.seen);
+    }
+
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut members: Vec<Member> = self.members.values().cloned().collect();
+        members.sort_by(|a, b| {
+            (a.identity.addr, &a.identity.instance_id).cmp(&(b.identity.addr, &b.identity.instance_id))
+        });
+        Snapshot {
+            taken: now,
+            members,
+            foreign: sorted_by_addr(&self.foreign),
+            aliases: sorted_by_addr(&self.aliases),
+        }
+    }
+}
+
+fn sorted_by_addr<T: Clone>(map: &HashMap<SocketAddr, T>) -> Vec<(SocketAddr, T)> {
+    let mut v: Vec<(SocketAddr, T)> = map.iter().map(|(a, x)| (*a, x.clone())).collect();
+    v.sort_by_key(|(a, _)| *a);
+    v
+}
+
+/// Inserts, evicting the entry seen longest ago when the map is full.
+fn insert_bounded<T>(
+    map: &mut HashMap<SocketAddr, T>,
+    addr: SocketAddr,
+    value: T,
+    seen: impl Fn(&T) -> Instant,
+) {
+    if !map.contains_key(&addr)
+        && map.len() >= MAX_NOT_MEMBERS
+        && let Some(oldest) = map.iter().min_by_key(|(_, v)| seen(v)).map(|(a, _)| *a)
+    {
+        map.remove(&oldest);
+    }
+    map.insert(addr, value);
+}
+
+/// The state a member moves to when a probe fails.
+pub fn state_after_failure(
+    current: State,
+    last_ok: Instant,
+    now: Instant,
+    dead_after: Duration,
+) -> State {
+    match current {
+        State::Left => State::Left,
+        _ if now.duration_since(last_ok) >= dead_after => State::Dead,
+        State::Dead => State::Dead,
+        _ => State::Suspect,
+    }
+}
+
+/// The table behind one lock, publishing a fresh snapshot after every change.
+pub struct Membership {
+    table: Mutex<Table>,
+    timing: Timing,
+    published: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Membership {
+    pub fn new(timing: Timing) -> Membership {
+        let table = Table::default();
+        let (published, _) = watch::channel(Arc::new(table.snapshot(Instant::now())));
+        Membership {
+            table: Mutex::new(table),
+            timing,
+            published,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.borrow().clone()
+    }
+
+    /// Wakes on every published change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.published.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves the table usable: every change is whole.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn change<R>(&self, f: impl FnOnce(&mut Table, Instant) -> R) -> R {
+        let now = Instant::now();
+        let mut table = self.lock();
+        let result = f(&mut table, now);
+        self.published.send_replace(Arc::new(table.snapshot(now)));
+        result
+    }
+
+    pub fn admit(&self, identity: Identity, method: Method) -> Admission {
+        self.change(|t, now| t.admit(identity, method, now))
+    }
+
+    /// Tags a live member at `addr` with another source; false when none is there, and the
+    /// address needs verifying.
+    pub fn tag_source(&self, addr: SocketAddr, method: Method) -> bool {
+        self.change(|t, _| {
+            let mut found = false;
+            for m in t.member_at(addr) {
+                if matches!(m.state, State::Alive | State::Suspect) {
+                    m.sources.insert(method);
+                    found = true;
+                }
+            }
+            found
+        })
+    }
+
+    pub fn probe_ok(&self, identity: Identity, rtt_ms: f64) {
+        self.change(|t, now| t.probe_ok(identity, rtt_ms, now));
+    }
+
+    pub fn probe_failed(&self, instance_id: &str, error: String) {
+        let timing = self.timing;
+        self.change(|t, now| t.probe_failed(instance_id, error, now, timing));
+    }
+
+    /// The member's address answered as another instance of this service: it restarted.
+    pub fn replaced(&self, instance_id: &str, by: &str) {
+        self.change(|t, now| t.replaced(instance_id, by, now));
+    }
+
+    pub fn left(&self, instance_id: &str) -> bool {
+        self.change(|t, now| t.left(instance_id, now))
+    }
+
+    pub fn foreign(&self, addr: SocketAddr, reason: String) {
+        self.change(|t, now| t.foreign(addr, reason, now));
+    }
+
+    pub fn alias(&self, addr: SocketAddr, answered_as: String) {
+        self.change(|t, now| t.alias(addr, answered_as, now));
+    }
+
+    pub fn tick(&self) {
+        let timing = self.timing;
+        self.change(|t, now| t.tick(now, timing));
+    }
+}
+
+/// Counts members by state, for the page and metrics.
+pub fn count_by_state(members: &[Member]) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    for m in members {
+        let key = match m.state {
+            State::Alive => "alive",
+            State::Suspect => "suspect",
+            State::Dead => "dead",
+            State::Left => "left",
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: Timing = Timing {
+        dead_after: Duration::from_secs(3),
+        forget_after: Duration::from_secs(600),
+    };
+
+    fn identity(id: &str, addr: &str) -> Identity {
+        Identity {
+            instance_id: id.into(),
+            name: format!("replica-{id}"),
+            service: "svc".into(),
+            addr: addr.parse().unwrap(),
+            version: String::new(),
+            started_at: String::new(),
+            platform: "local".into(),
+            system: Default::default(),
+        }
+    }
+
+    fn state(t: &Table, id: &str) -> State {
+        t.members[id].state
+    }
+
+    #[test]
+    fn alive_suspect_dead_alive() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        assert_eq!(
+            t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0),
+            Admission::New
+        );
+        assert_eq!(state(&t, "a"), State::Alive);
+
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(1), TIMING);
+        assert_eq!(state(&t, "a"), State::Suspect);
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(2), TIMING);
+        assert_eq!(state(&t, "a"), State::Suspect);
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(3), TIMING);
+        assert_eq!(state(&t, "a"), State::Dead);
+
+        // A partition that heals brings it back.
+        t.probe_ok(identity("a", "127.0.0.2:80"), 0.5, t0 + Duration::from_secs(4));
+        assert_eq!(state(&t, "a"), State::Alive);
+        assert_eq!(t.members["a"].rtt_ms, Some(0.5));
+    }
+
+    #[test]
+    fn suspects_die_by_the_clock_even_without_probe_answers() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_millis(500), TIMING);
+        t.tick(t0 + Duration::from_secs(2), TIMING);
+        assert_eq!(state(&t, "a"), State::Suspect);
+        t.tick(t0 + Duration::from_secs(3), TIMING);
+        assert_eq!(state(&t, "a"), State::Dead);
+    }
+
+    #[test]
+    fn dead_and_left_are_forgotten() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
+        t.admit(identity("b", "127.0.0.3:80"), Method::Scan, t0);
+        assert!(t.left("b", t0));
+        t.probe_failed("a", "refused".into(), t0 + Duration::from_secs(3), TIMING);
+        t.tick(t0 + Duration::from_secs(600), TIMING);
+        assert!(t.members.contains_key("a"), "dead for 597 s only");
+        assert!(!t.members.contains_key("b"));
+        t.tick(t0 + Duration::from_secs(603), TIMING);
+        assert!(t.members.is_empty());
+    }
+
+    #[test]
+    fn left_is_never_revived() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
+        t.left("a", t0);
+        // A draining replica still answers for a moment; that must not bring it back.
+        t.probe_ok(identity("a", "127.0.0.2:80"), 0.3, t0);
+        assert_eq!(t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0), Admission::Known);
+        assert_eq!(state(&t, "a"), State::Left);
+    }
+
+    #[test]
+    fn a_restart_on_the_same_address_is_a_new_member_and_the_old_one_dies() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("old", "127.0.0.2:80"), Method::Scan, t0);
+        assert_eq!(
+            t.admit(identity("new", "127.0.0.2:80"), Method::Scan, t0),
+            Admission::New
+        );
+        assert_eq!(state(&t, "old"), State::Dead);
+        assert_eq!(state(&t, "new"), State::Alive);
+        // Probing the old instance's address keeps answering as the new one: no resurrection.
+        t.probe_ok(identity("new", "127.0.0.2:80"), 0.2, t0);
+        assert_eq!(state(&t, "old"), State::Dead);
+    }
+
+    #[test]
+    fn foreign_and_aliases_stay_bounded() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        for i in 0..1000u32 {
+            let addr = SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 80));
+            t.foreign(addr, "garbage".into(), t0 + Duration::from_millis(i as u64));
+            t.alias(addr, format!("id{i}"), t0);
+        }
+        assert!(t.foreign.len() <= MAX_NOT_MEMBERS);
+        assert!(t.aliases.len() <= MAX_NOT_MEMBERS);
+        let lb: SocketAddr = "10.245.0.10:80".parse().unwrap();
+        for i in 0..100 {
+            t.alias(lb, format!("id{i}"), t0);
+        }
+        assert_eq!(t.aliases[&lb].answered_as.len(), MAX_ANSWERED_AS);
+    }
+
+    #[test]
+    fn failure_transitions() {
+        let t0 = Instant::now();
+        let d = Duration::from_secs(3);
+        assert_eq!(state_after_failure(State::Alive, t0, t0, d), State::Suspect);
+        assert_eq!(state_after_failure(State::Alive, t0, t0 + d, d), State::Dead);
+        assert_eq!(state_after_failure(State::Left, t0, t0 + d, d), State::Left);
+        assert_eq!(state_after_failure(State::Dead, t0, t0, d), State::Dead);
+    }
+}

@@ -1,0 +1,57 @@
+//! Keeps member states fresh: every `PROBE_INTERVAL_MS` each member is asked for its
+//! identity directly, which measures the round trip and refreshes its system figures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::app::Node;
+use crate::discovery::Candidate;
+use crate::membership::{Member, State};
+
+pub async fn run(node: Arc<Node>) {
+    let mut ticker = tokio::time::interval(node.probe_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let snapshot = node.membership.snapshot();
+        let probes = snapshot
+            .members
+            .iter()
+            .filter(|m| m.state != State::Left)
+            .map(|m| probe(&node, m));
+        join_all(probes).await;
+        node.membership.tick();
+    }
+}
+
+async fn probe(node: &Node, member: &Member) {
+    let id = &member.identity.instance_id;
+    match node.client.identity(member.identity.addr).await {
+        Ok(reply) if reply.identity.instance_id == *id => {
+            node.membership.probe_ok(reply.identity, reply.rtt_ms);
+        }
+        Ok(reply) if reply.identity.service == member.identity.service
+            && reply.identity.addr == member.identity.addr =>
+        {
+            // The replica restarted in place: a new member, and the old one is gone.
+            node.membership.replaced(id, &reply.identity.instance_id);
+            let method = member.sources.iter().next().copied();
+            if let Some(method) = method {
+                let _ = node.candidates.try_send(Candidate { addr: member.identity.addr, method });
+            }
+        }
+        Ok(reply) => node.membership.probe_failed(
+            id,
+            format!("address now answers as {} of '{}'", reply.identity.instance_id, reply.identity.service),
+        ),
+        Err(e) => node.membership.probe_failed(id, e.to_string()),
+    }
+}
+
+/// Probes must finish before the next round starts; a second is plenty on any network that
+/// clusters sensibly.
+pub fn probe_timeout(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_millis(50), Duration::from_secs(1))
+}

@@ -1,0 +1,150 @@
+//! The one place that decides what a candidate address is.
+//!
+//! A scan hit, a registry row or a DNS answer is only a claim. The address is asked for
+//! its identity: a replica of this service answering as itself is a member; one answering
+//! as somebody else is an alias (a load balancer or service IP); anything else is foreign.
+
+use std::net::SocketAddr;
+
+use crate::client::{CallError, PeerClient};
+use crate::identity::{Identity, Me};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Member(Identity),
+    /// The address answered with the identity of a replica that lives elsewhere.
+    Alias(Identity),
+    Foreign(String),
+    /// Our own address.
+    Myself,
+    /// Nothing answered: no finding at all.
+    Unreachable(String),
+}
+
+pub async fn verify(client: &PeerClient, me: &Me, candidate: SocketAddr) -> Verdict {
+    judge(
+        candidate,
+        client.identity(candidate).await.map(|r| r.identity),
+        me.service(),
+        me.id(),
+    )
+}
+
+/// The decision itself, apart from the network call.
+pub fn judge(
+    candidate: SocketAddr,
+    answer: Result<Identity, CallError>,
+    service: &str,
+    my_id: &str,
+) -> Verdict {
+    let identity = match answer {
+        Ok(identity) => identity,
+        Err(e) if e.is_connect() => return Verdict::Unreachable(e.to_string()),
+        Err(e) => return Verdict::Foreign(e.to_string()),
+    };
+    if let Err(why) = plausible(&identity) {
+        return Verdict::Foreign(why);
+    }
+    if identity.service != service {
+        return Verdict::Foreign(format!(
+            "service '{}' != '{}'",
+            clip(&identity.service),
+            service
+        ));
+    }
+    match (identity.addr == candidate, identity.instance_id == my_id) {
+        (true, true) => Verdict::Myself,
+        (true, false) => Verdict::Member(identity),
+        (false, _) => Verdict::Alias(identity),
+    }
+}
+
+/// Rejects identities no replica would send, so nothing odd reaches the page or the table.
+fn plausible(identity: &Identity) -> Result<(), String> {
+    let id_ok = !identity.instance_id.is_empty()
+        && identity.instance_id.len() <= 64
+        && identity
+            .instance_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !id_ok {
+        return Err("malformed instance_id".into());
+    }
+    if identity.name.len() > 253 || identity.service.len() > 253 {
+        return Err("name or service longer than 253 bytes".into());
+    }
+    if identity.addr.ip().is_unspecified() || identity.addr.port() == 0 {
+        return Err(format!("claims unusable address {}", identity.addr));
+    }
+    Ok(())
+}
+
+/// Keeps a hostile peer's or client's string from filling the page or a log.
+pub fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(id: &str, service: &str, addr: &str) -> Identity {
+        Identity {
+            instance_id: id.into(),
+            name: "n".into(),
+            service: service.into(),
+            addr: addr.parse().unwrap(),
+            version: String::new(),
+            started_at: String::new(),
+            platform: String::new(),
+            system: Default::default(),
+        }
+    }
+
+    const AT: &str = "127.0.0.3:8080";
+
+    fn judge_at(answer: Result<Identity, CallError>) -> Verdict {
+        judge(AT.parse().unwrap(), answer, "svc", "ME")
+    }
+
+    #[test]
+    fn member_alias_foreign_myself() {
+        let peer = identity("P1", "svc", AT);
+        assert_eq!(judge_at(Ok(peer.clone())), Verdict::Member(peer));
+
+        let elsewhere = identity("P2", "svc", "127.0.0.4:8080");
+        assert_eq!(judge_at(Ok(elsewhere.clone())), Verdict::Alias(elsewhere));
+
+        assert_eq!(
+            judge_at(Ok(identity("X", "api", AT))),
+            Verdict::Foreign("service 'api' != 'svc'".into())
+        );
+        assert_eq!(judge_at(Ok(identity("ME", "svc", AT))), Verdict::Myself);
+        // Something routing to us from another address (a load balancer) is an alias.
+        assert!(matches!(
+            judge_at(Ok(identity("ME", "svc", "127.0.0.9:8080"))),
+            Verdict::Alias(_)
+        ));
+    }
+
+    #[test]
+    fn errors_and_implausible_identities() {
+        assert!(matches!(
+            judge_at(Err(CallError::Connect("refused".into()))),
+            Verdict::Unreachable(_)
+        ));
+        assert!(matches!(judge_at(Err(CallError::Timeout)), Verdict::Foreign(_)));
+        assert!(matches!(
+            judge_at(Err(CallError::NotIdentity("x".into()))),
+            Verdict::Foreign(_)
+        ));
+        assert!(matches!(
+            judge_at(Ok(identity("<script>", "svc", AT))),
+            Verdict::Foreign(_)
+        ));
+        assert!(matches!(
+            judge_at(Ok(identity("P", "svc", "0.0.0.0:8080"))),
+            Verdict::Foreign(_)
+        ));
+    }
+}

@@ -1,0 +1,104 @@
+//! The JSON API: status, identity, and the hello/goodbye that replicas send each other.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::status::Status;
+use crate::app::Node;
+use crate::discovery::{Candidate, Method};
+use crate::identity::Identity;
+use crate::verify::clip;
+
+pub async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
+    Json(Status::of(&node))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityQuery {
+    nonce: Option<String>,
+}
+
+pub async fn identity(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<IdentityQuery>, QueryRejection>,
+) -> Result<Json<Identity>, ApiError> {
+    let Query(query) = query?;
+    if let Some(nonce) = &query.nonce
+        && (nonce.is_empty() || nonce.len() > 128 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::BadRequest("nonce must be 1 to 128 hex digits".into()));
+    }
+    Ok(Json(node.me.identity()))
+}
+
+/// Checks that a replica's announcement comes from the address it claims, so nobody can
+/// make this replica call arbitrary addresses.
+fn claimed_by_caller(node: &Node, claim: &Identity, caller: SocketAddr) -> Result<(), ApiError> {
+    if claim.service != node.me.service() {
+        return Err(ApiError::Forbidden(format!(
+            "service '{}' is not '{}'",
+            clip(&claim.service),
+            node.me.service()
+        )));
+    }
+    let canonical = |ip: IpAddr| ip.to_canonical();
+    if canonical(claim.addr.ip()) != canonical(caller.ip()) {
+        return Err(ApiError::Forbidden(format!(
+            "claimed address {} is not the caller's address {}",
+            claim.addr.ip(),
+            caller.ip()
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/hello`: a replica that found us says so; we verify it by calling back.
+pub async fn hello(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    body: Result<Json<Identity>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(claim) = body?;
+    claimed_by_caller(&node, &claim, caller)?;
+    node.candidates
+        .try_send(Candidate {
+            addr: claim.addr,
+            method: Method::Announce,
+        })
+        .map_err(|_| ApiError::Unavailable("verification queue is full; try later".into()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "queued": claim.addr, "by": node.me.id() })),
+    ))
+}
+
+/// `POST /api/goodbye`: a member shutting down gracefully; it turns `left` at once.
+pub async fn goodbye(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    body: Result<Json<Identity>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(claim) = body?;
+    claimed_by_caller(&node, &claim, caller)?;
+    let known = node
+        .membership
+        .snapshot()
+        .member(&claim.instance_id)
+        .is_some_and(|m| m.identity.addr == claim.addr);
+    if !known || !node.membership.left(&claim.instance_id) {
+        return Err(ApiError::NotFound(format!(
+            "{} is not a member at {}",
+            claim.instance_id, claim.addr
+        )));
+    }
+    Ok(Json(json!({ "left": claim.instance_id })))
+}

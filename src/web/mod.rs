@@ -1,0 +1,47 @@
+//! HTTP: the router and its layers. Handlers only read snapshots; none waits on discovery.
+
+mod api;
+mod assets;
+mod error;
+mod health;
+mod page;
+mod peer;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::Node;
+pub use error::ApiError;
+
+/// Bodies are identities and short messages: a few KiB is plenty.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// No handler has a reason to take long; `/peer` bounds its own calls well below this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/", get(page::index))
+        .route("/api/status", get(api::status))
+        .route("/api/identity", get(api::identity))
+        .route("/api/hello", post(api::hello))
+        .route("/api/goodbye", post(api::goodbye))
+        .route("/peer", get(peer::call_peers))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/static/{file}", get(assets::serve))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer((
+            TraceLayer::new_for_http(),
+            TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT),
+            RequestBodyLimitLayer::new(MAX_BODY_BYTES),
+        ))
+        .with_state(node)
+}

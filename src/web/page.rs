@@ -1,0 +1,139 @@
+//! `GET /`: the page for browsers, the status JSON for everything else (so plain `curl`
+//! gets JSON).
+
+use std::sync::Arc;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::status::{MemberView, MethodView, Status};
+use crate::app::Node;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+struct IndexPage {
+    s: Status,
+}
+
+pub async fn index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    let status = Status::of(&node);
+    let mut response = if wants_html {
+        IndexPage { s: status }.into_response()
+    } else {
+        Json(status).into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A stable colour per replica, so rotation is visible at a glance (static/app.js computes
+/// the same for replicas it learns of by polling).
+pub fn hue(instance_id: &str) -> u32 {
+    // FNV-1a: tiny, and easy to repeat in JavaScript.
+    let hash = instance_id
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash % 360
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms ago"),
+        1000..=119_999 => format!("{:.0} s ago", ms as f64 / 1000.0),
+        _ => format!("{} min ago", ms / 60_000),
+    }
+}
+
+impl MemberView {
+    fn hue(&self) -> u32 {
+        hue(&self.instance_id)
+    }
+    fn rtt_text(&self) -> String {
+        match (self.is_self, self.rtt_ms) {
+            (true, _) => "—".into(),
+            (false, Some(rtt)) => format!("{rtt:.2} ms"),
+            (false, None) => "…".into(),
+        }
+    }
+    fn cpu_text(&self) -> String {
+        format!("{:.1} %", self.system.cpu_pct)
+    }
+    fn rss_text(&self) -> String {
+        mib(self.system.rss_bytes)
+    }
+    fn seen_text(&self) -> String {
+        if self.is_self { "now".into() } else { ago(self.last_seen_ms_ago) }
+    }
+    fn state_text(&self) -> &'static str {
+        match self.state {
+            crate::membership::State::Alive => "alive",
+            crate::membership::State::Suspect => "suspect",
+            crate::membership::State::Dead => "dead",
+            crate::membership::State::Left => "left",
+        }
+    }
+}
+
+impl MethodView {
+    fn name(&self) -> &'static str {
+        self.method.as_str()
+    }
+    fn last_run_text(&self) -> String {
+        match (self.last_run_ms_ago, self.duration_ms) {
+            (Some(ago_ms), Some(took)) => format!("{} · took {took} ms", ago(ago_ms)),
+            (Some(ago_ms), None) => ago(ago_ms),
+            _ => String::new(),
+        }
+    }
+}
+
+impl IndexPage {
+    fn hue(&self) -> u32 {
+        hue(&self.s.me.instance_id)
+    }
+    fn found_text(&self) -> String {
+        match self.s.expected_replicas {
+            Some(expected) => format!("{} / {expected}", self.s.alive()),
+            None => self.s.alive().to_string(),
+        }
+    }
+    fn short_id(&self) -> &str {
+        let id = &self.s.me.instance_id;
+        &id[id.len().saturating_sub(6)..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hue_matches_the_javascript_version() {
+        // static/app.js: hue("01JTEST") must give the same number.
+        assert_eq!(hue(""), 0x811c_9dc5 % 360);
+        assert!(hue("01JTEST") < 360);
+    }
+
+    #[test]
+    fn human_figures() {
+        assert_eq!(ago(420), "420 ms ago");
+        assert_eq!(ago(4200), "4 s ago");
+        assert_eq!(ago(600_000), "10 min ago");
+        assert_eq!(mib(12 * 1024 * 1024), "12.0 MiB");
+    }
+}

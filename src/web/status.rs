@@ -1,0 +1,171 @@
+//! The cluster as this replica sees it, in the shape of `/api/status`; the page renders
+//! the same structure.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::app::Node;
+use crate::discovery::{Method, Report};
+use crate::identity::{Identity, SystemFigures};
+use crate::membership::{Member, State};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    #[serde(rename = "self")]
+    pub me: Identity,
+    pub members: Vec<MemberView>,
+    pub foreign: Vec<ForeignView>,
+    pub aliases: Vec<AliasView>,
+    pub discovery: Vec<MethodView>,
+    pub expected_replicas: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub instance_id: String,
+    pub name: String,
+    pub addr: SocketAddr,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    pub state: State,
+    pub sources: Vec<Method>,
+    pub rtt_ms: Option<f64>,
+    pub last_seen_ms_ago: u64,
+    pub system: SystemFigures,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForeignView {
+    pub addr: SocketAddr,
+    pub reason: String,
+    pub last_seen_ms_ago: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AliasView {
+    pub addr: SocketAddr,
+    pub answered_as: Vec<String>,
+    pub note: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MethodView {
+    pub method: Method,
+    pub status: &'static str,
+    pub found: usize,
+    pub last_run_ms_ago: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub detail: String,
+}
+
+fn ms_since(then: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(then).as_millis() as u64
+}
+
+impl Status {
+    pub fn of(node: &Node) -> Status {
+        let now = Instant::now();
+        let snapshot = node.membership.snapshot();
+        let me = node.me.identity();
+        let mut members = vec![MemberView {
+            instance_id: me.instance_id.clone(),
+            name: me.name.clone(),
+            addr: me.addr,
+            is_self: true,
+            state: State::Alive,
+            sources: Vec::new(),
+            rtt_ms: None,
+            last_seen_ms_ago: 0,
+            system: me.system.clone(),
+            error: None,
+        }];
+        members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
+        let discovery = node
+            .reports
+            .all()
+            .into_iter()
+            .map(|(method, report)| method_view(method, &report, &snapshot.members, node.settings.expected_replicas, now))
+            .collect();
+        Status {
+            me,
+            members,
+            foreign: snapshot
+                .foreign
+                .iter()
+                .map(|(addr, f)| ForeignView {
+                    addr: *addr,
+                    reason: f.reason.clone(),
+                    last_seen_ms_ago: ms_since(f.seen, now),
+                })
+                .collect(),
+            aliases: snapshot
+                .aliases
+                .iter()
+                .map(|(addr, a)| AliasView {
+                    addr: *addr,
+                    answered_as: a.answered_as.clone(),
+                    note: "load-balanced address",
+                })
+                .collect(),
+            discovery,
+            expected_replicas: node.settings.expected_replicas,
+        }
+    }
+
+    /// Members alive now, this replica included.
+    pub fn alive(&self) -> usize {
+        self.members.iter().filter(|m| m.state == State::Alive).count()
+    }
+}
+
+fn member_view(m: &Member, now: Instant) -> MemberView {
+    MemberView {
+        instance_id: m.identity.instance_id.clone(),
+        name: m.identity.name.clone(),
+        addr: m.identity.addr,
+        is_self: false,
+        state: m.state,
+        sources: m.sources.iter().copied().collect(),
+        rtt_ms: m.rtt_ms.map(|r| (r * 100.0).round() / 100.0),
+        last_seen_ms_ago: ms_since(m.last_ok, now),
+        system: m.identity.system.clone(),
+        error: m.last_error.clone(),
+    }
+}
+
+/// How well a method worked: by the live members it found, against the expected count.
+fn method_view(
+    method: Method,
+    report: &Report,
+    members: &[Member],
+    expected: Option<u32>,
+    now: Instant,
+) -> MethodView {
+    let found = members
+        .iter()
+        .filter(|m| matches!(m.state, State::Alive | State::Suspect) && m.sources.contains(&method))
+        .count();
+    let others_expected = expected.map(|e| e.saturating_sub(1) as usize);
+    let status = match (&report.off, report.failed, found) {
+        (Some(_), _, _) => "off",
+        (None, true, _) => "fails",
+        (None, false, 0) => "fails",
+        (None, false, n) if others_expected.is_some_and(|want| n < want) => "partial",
+        _ => "works",
+    };
+    let detail = match &report.off {
+        Some(why) => why.clone(),
+        None => report.detail.clone(),
+    };
+    MethodView {
+        method,
+        status,
+        found,
+        last_run_ms_ago: report.last_run.map(|t| ms_since(t, now)),
+        duration_ms: report.duration.map(|d| d.as_millis() as u64),
+        detail,
+    }
+}
