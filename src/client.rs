@@ -23,7 +23,7 @@ pub enum CallError {
     TooLarge,
     #[error("not a rollcall identity ({0})")]
     NotIdentity(String),
-    #[error("{0}")]
+    #[error("broken answer: {0}")]
     Other(String),
 }
 

@@ -1,0 +1,469 @@
+//! Real replicas (the built binary) on 127.0.0.2, 127.0.0.3 … sharing one port, like pods.
+//! Everything here talks to loopback only. Nothing sleeps and hopes: every wait polls with
+//! a deadline and reports what it last saw.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A port no other test uses: the kernel's pick on 127.0.0.1, reused on 127.0.0.x.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+struct Replica {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Replica {
+    fn start(last: u8, port: u16, extra: &[(&str, &str)]) -> Replica {
+        let addr = SocketAddr::from((ip(last), port));
+        let mut cmd = Command::new(BIN);
+        // A clean environment: no platform marker or proxy from the machine leaks in.
+        cmd.env_clear()
+            .env("BIND_ADDR", addr.ip().to_string())
+            .env("PORT", port.to_string())
+            .env("SCAN_CIDRS", "127.0.0.0/24")
+            .env("DATABASE_URL", "off")
+            .env("INSTANCE_NAME", format!("r{last}"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", std::env::var("ROLLCALL_TEST_LOG").unwrap_or("warn".into()))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("ROLLCALL_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn rollcall");
+        Replica { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client")
+}
+
+async fn get_json(url: &str) -> Option<Value> {
+    let r = client().get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails with what it last saw.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("never checked");
+    while start.elapsed() < DEADLINE {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) => last = seen,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {DEADLINE:?} waiting for {what}; last saw: {last}");
+}
+
+/// instance_id → state, as the replica at `url` sees its members.
+async fn states(replica: &Replica) -> Result<Vec<(String, String, String)>, String> {
+    let status = get_json(&replica.url("/api/status"))
+        .await
+        .ok_or_else(|| format!("{} not answering", replica.addr))?;
+    Ok(status["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            (
+                m["instance_id"].as_str().unwrap_or_default().to_string(),
+                m["addr"].as_str().unwrap_or_default().to_string(),
+                m["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+async fn alive_addrs(replica: &Replica) -> Result<Vec<String>, String> {
+    let mut alive: Vec<String> = states(replica)
+        .await?
+        .into_iter()
+        .filter(|(_, _, s)| s == "alive")
+        .map(|(_, a, _)| a)
+        .collect();
+    alive.sort();
+    Ok(alive)
+}
+
+async fn wait_until_all_see(replicas: &[&Replica]) -> Duration {
+    let start = Instant::now();
+    let mut want: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
+    want.sort();
+    for r in replicas {
+        eventually(&format!("{} to list all alive", r.addr), || async {
+            let alive = alive_addrs(r).await?;
+            if alive == want { Ok(()) } else { Err(format!("{alive:?}")) }
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+async fn identity_of(replica: &Replica) -> Value {
+    eventually("identity", || async {
+        get_json(&replica.url("/api/identity")).await.ok_or("no answer".to_string())
+    })
+    .await
+}
+
+/// A neighbour on the port that is not a replica: answers every connection with `reply`.
+async fn fake_service(addr: SocketAddr, reply: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.expect("bind fake service");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    })
+}
+
+const OTHER_SERVICE: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n\
+{\"instance_id\":\"01OTHER\",\"name\":\"api-1\",\"service\":\"api\",\"addr\":\"127.0.0.9:1\"}";
+const GARBAGE: &str = "SSH-2.0-OpenSSH_9.2\r\nProtocol mismatch.\r\n";
+
+#[tokio::test]
+async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
+    let port = free_port();
+    let _other = fake_service((ip(9), port).into(), OTHER_SERVICE).await;
+    let _garbage = fake_service((ip(10), port).into(), GARBAGE).await;
+    let started = Instant::now();
+    let replicas: Vec<Replica> = [2, 3, 4].iter().map(|&i| Replica::start(i, port, &[])).collect();
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let took = wait_until_all_see(&all).await;
+    println!("all 3 replicas listed each other alive {:?} after start ({:?} of waiting)", started.elapsed(), took);
+
+    for r in &replicas {
+        let foreign = eventually("both neighbours reported foreign", || async {
+            let s = get_json(&r.url("/api/status")).await.ok_or("no status")?;
+            let foreign: Vec<(String, String)> = s["foreign"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|f| (f["addr"].as_str().unwrap_or("").into(), f["reason"].as_str().unwrap_or("").into()))
+                .collect();
+            if foreign.len() == 2 { Ok(foreign) } else { Err(format!("{foreign:?}")) }
+        })
+        .await;
+        assert_eq!(foreign[0].0, format!("127.0.0.9:{port}"));
+        assert_eq!(foreign[0].1, "service 'api' != 'rollcall'");
+        assert_eq!(foreign[1].0, format!("127.0.0.10:{port}"));
+        assert!(foreign[1].1.starts_with("broken answer"), "{}", foreign[1].1);
+        let members = alive_addrs(r).await.unwrap();
+        assert_eq!(members.len(), 3, "{members:?}");
+    }
+
+    // Direct calls from each replica reach the other two.
+    for r in &replicas {
+        let me = identity_of(r).await;
+        let peer = get_json(&r.url("/peer")).await.expect("/peer answers");
+        assert_eq!(peer["from"]["instance_id"], me["instance_id"]);
+        let results = peer["results"].as_array().expect("results");
+        assert_eq!(results.len(), 2, "{peer}");
+        for res in results {
+            assert_eq!(res["ok"], true, "{res}");
+            assert_eq!(res["status"], 200);
+            assert_eq!(res["reply"]["instance_id"], res["to"]["instance_id"]);
+            assert_ne!(res["to"]["addr"], me["addr"]);
+            assert!(res["rtt_ms"].as_f64().is_some_and(|rtt| rtt >= 0.0));
+        }
+        // One named member only.
+        let target = results[0]["to"]["instance_id"].as_str().unwrap().to_string();
+        let one = get_json(&r.url(&format!("/peer?to={target}"))).await.expect("/peer?to");
+        assert_eq!(one["results"].as_array().map(Vec::len), Some(1));
+    }
+
+    // An unknown `to` is a 404 with a reason; a query that doesn't parse is a 400.
+    let r = &replicas[0];
+    let resp = client().get(r.url("/peer?to=10.0.0.1:22")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await.unwrap().contains("not a current member"));
+    let resp = client().get(r.url("/peer?bogus=1")).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = client().get(r.url("/api/identity?nonce=zz")).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test]
+async fn curl_gets_json_and_browsers_get_html() {
+    let port = free_port();
+    let r = Replica::start(2, port, &[("SCAN_CIDRS", "off"), ("INSTANCE_NAME", "page-test")]);
+    identity_of(&r).await;
+
+    let json = client().get(r.url("/")).header("accept", "*/*").send().await.unwrap();
+    assert_eq!(json.status(), 200);
+    assert!(json.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let body: Value = json.json().await.unwrap();
+    assert_eq!(body["self"]["name"], "page-test");
+    assert_eq!(body["members"][0]["self"], true);
+    let scan = body["discovery"].as_array().unwrap().iter().find(|d| d["method"] == "scan").cloned().unwrap();
+    assert_eq!(scan["status"], "off");
+    assert_eq!(scan["detail"], "SCAN_CIDRS=off");
+
+    let html = client()
+        .get(r.url("/"))
+        .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = html.text().await.unwrap();
+    assert!(page.contains("<h1 id=\"served-name\">page-test</h1>"), "{page}");
+    assert!(page.contains("Discovery report"));
+    assert!(!page.contains("http://") || !page.contains("src=\"http"), "no external assets");
+
+    for (path, status, kind) in [
+        ("/healthz", 200, "text/plain"),
+        ("/readyz", 200, "text/plain"),
+        ("/static/style.css", 200, "text/css"),
+        ("/static/app.js", 200, "text/javascript"),
+        ("/static/../Cargo.toml", 404, ""),
+        ("/nope", 404, "application/json"),
+    ] {
+        let resp = client().get(r.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+    }
+}
+
+#[tokio::test]
+async fn hello_must_come_from_the_claimed_address() {
+    let port = free_port();
+    let r = Replica::start(5, port, &[("SCAN_CIDRS", "off")]);
+    let me = identity_of(&r).await;
+    let post = |body: String| {
+        client()
+            .post(r.url("/api/hello"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // We call from 127.0.0.1 but claim 127.0.0.66: refused, and nothing is called.
+    let mut claim = me.clone();
+    claim["instance_id"] = "01SPOOF".into();
+    claim["addr"] = format!("127.0.0.66:{port}").into();
+    let resp = post(claim.to_string()).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("not the caller"));
+    // Another service: refused.
+    claim["service"] = "api".into();
+    assert_eq!(post(claim.to_string()).await.unwrap().status(), 403);
+    // Not an identity: 400 with a reason.
+    let resp = post("{\"hello\":".into()).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    // Too large: refused before it is read.
+    let resp = post(format!("{{\"x\":\"{}\"}}", "a".repeat(100_000))).await.unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+#[tokio::test]
+async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
+    let port = free_port();
+    let a = Replica::start(2, port, &[]);
+    let b = Replica::start(3, port, &[]);
+    let c = Replica::start(4, port, &[]);
+    wait_until_all_see(&[&a, &b, &c]).await;
+    let old_id = identity_of(&c).await["instance_id"].as_str().unwrap().to_string();
+
+    drop(c); // SIGKILL: no goodbye.
+    let killed = Instant::now();
+    for r in [&a, &b] {
+        eventually("killed replica to turn dead", || async {
+            let s = states(r).await?;
+            match s.iter().find(|(id, _, _)| *id == old_id) {
+                Some((_, _, state)) if state == "dead" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    println!("SIGKILLed replica dead on both others after {:?}", killed.elapsed());
+
+    let c2 = Replica::start(4, port, &[]);
+    let new_id = identity_of(&c2).await["instance_id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, old_id);
+    for r in [&a, &b] {
+        eventually("restarted replica to join as a new member", || async {
+            let s = states(r).await?;
+            let new_alive = s.iter().any(|(id, _, st)| *id == new_id && st == "alive");
+            let old_dead = s.iter().any(|(id, _, st)| *id == old_id && st == "dead");
+            if new_alive && old_dead { Ok(()) } else { Err(format!("{s:?}")) }
+        })
+        .await;
+    }
+    // Probes keep reaching the address, and the old instance is never resurrected.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = states(&a).await.unwrap();
+    assert!(s.iter().any(|(id, _, st)| *id == old_id && st == "dead"), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_says_goodbye() {
+    let port = free_port();
+    let a = Replica::start(2, port, &[]);
+    let mut b = Replica::start(3, port, &[]);
+    wait_until_all_see(&[&a, &b]).await;
+    let b_id = identity_of(&b).await["instance_id"].as_str().unwrap().to_string();
+    b.terminate();
+    eventually("stopped replica to be 'left'", || async {
+        let s = states(&a).await?;
+        match s.iter().find(|(id, _, _)| *id == b_id) {
+            Some((_, _, st)) if st == "left" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let status = eventually("stopped replica to exit", || {
+        let exited = b.child.try_wait();
+        async move {
+            match exited {
+                Ok(Some(status)) => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line() {
+    for (var, value) in [
+        ("SCAN_CIDRS", "10.0.0.0/8"),
+        ("PORT", "eighty"),
+        ("SCAN_PORTS", "80,0"),
+        ("PROBE_INTERVAL_MS", "0"),
+        ("BIND_ADDR", "localhost:80"),
+    ] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("SCAN_CIDRS", "off")
+            .env(var, value)
+            .output()
+            .expect("run rollcall");
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{var}={value}: {err}");
+        assert!(err.contains(var) && err.contains(value), "{var}={value}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
+    let port = free_port();
+    let mut demo = Command::new(BIN)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .args(["demo", "--replicas", "3", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let front = format!("http://127.0.0.1:{port}");
+
+    // Every replica answers through the front door, in turn, and each sees all three.
+    let names = eventually("front door to rotate over 3 replicas that see each other", || async {
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let s = get_json(&format!("{front}/api/status")).await.ok_or("no answer")?;
+            let alive = s["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+            if alive != 3 {
+                return Err(format!("{} sees {alive} alive", s["self"]["name"]));
+            }
+            names.insert(s["self"]["name"].as_str().unwrap_or("").to_string());
+        }
+        if names.len() == 3 { Ok(names) } else { Err(format!("{names:?}")) }
+    })
+    .await;
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["replica-1", "replica-2", "replica-3"]);
+
+    // The front door is found by the scan too, and is recognised as a load-balanced alias.
+    eventually("front door listed as an alias", || async {
+        let s = get_json(&format!("http://127.0.0.2:{port}/api/status")).await.ok_or("no answer")?;
+        let aliases = s["aliases"].to_string();
+        if aliases.contains(&format!("127.0.0.1:{port}")) { Ok(()) } else { Err(aliases) }
+    })
+    .await;
+
+    let _ = Command::new("kill").args(["-INT", &demo.id().to_string()]).status();
+    let status = eventually("demo to exit", || {
+        let exited = demo.try_wait();
+        async move {
+            match exited {
+                Ok(Some(s)) => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+    let mut out = String::new();
+    use std::io::Read;
+    demo.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains(&format!("http://127.0.0.1:{port}/")), "{out}");
+    assert!(out.contains("stopped"), "{out}");
+    // Every port is free again.
+    for last in [1, 2, 3, 4] {
+        assert!(std::net::TcpListener::bind((ip(last), port)).is_ok(), "127.0.0.{last}:{port} still bound");
+    }
+}
