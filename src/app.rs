@@ -114,7 +114,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains: turns unready, tells peers it is
     /// leaving, lets in-flight requests finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let Application {
             node,
             listener,
@@ -156,6 +159,7 @@ fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<J
         tokio::spawn(discovery::run_verifier(node.clone(), candidates)),
         tokio::spawn(discovery::scan::run(node.clone(), concurrency)),
         tokio::spawn(prober::run(node.clone())),
+        tokio::spawn(prober::run_clock(node.clone())),
     ]
 }
 

@@ -69,9 +69,8 @@ impl PeerClient {
     /// `local_ip`: calls leave from this address so peers see who is calling (ignored when
     /// the address is not on this machine).
     pub fn new(local_ip: Option<IpAddr>, timeout: Duration) -> PeerClient {
-        let local_ip = local_ip.filter(|ip| {
-            !ip.is_unspecified() && std::net::TcpListener::bind((*ip, 0)).is_ok()
-        });
+        let local_ip = local_ip
+            .filter(|ip| !ip.is_unspecified() && std::net::TcpListener::bind((*ip, 0)).is_ok());
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())

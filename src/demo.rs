@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use tokio::sync::watch;
 
-use crate::app::{Application, AppError};
+use crate::app::{AppError, Application};
 use crate::config::{DemoArgs, Settings};
 use crate::telemetry::shutdown_signal;
 
@@ -58,7 +58,11 @@ impl Layout {
                 .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, *p)))
                 .collect(),
             scan_cidr: "127.0.0.1/32".into(),
-            scan_ports: ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+            scan_ports: ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 
@@ -117,7 +121,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .await
     });
 
-    println!("rollcall demo: {} replicas behind a round-robin front door", layout.replicas.len());
+    println!(
+        "rollcall demo: {} replicas behind a round-robin front door",
+        layout.replicas.len()
+    );
     for (i, addr) in layout.replicas.iter().enumerate() {
         println!("  replica-{}  http://{addr}/", i + 1);
     }
@@ -143,7 +150,14 @@ struct FrontDoor {
 
 /// Headers that belong to one hop, not to the request being forwarded.
 const HOP_BY_HOP: &[&str] = &[
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer", "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
 ];
 
 impl FrontDoor {
@@ -193,7 +207,8 @@ async fn forward(
             Ok(reply) => return relay(reply),
             Err(e) if e.is_connect() => continue,
             Err(e) => {
-                return (StatusCode::BAD_GATEWAY, format!("replica {backend}: {e}\n")).into_response();
+                return (StatusCode::BAD_GATEWAY, format!("replica {backend}: {e}\n"))
+                    .into_response();
             }
         }
     }

@@ -104,16 +104,27 @@ impl Platform {
 
 /// The platform's own name for this replica, if it gives one.
 fn platform_instance_name(env: Env) -> Option<String> {
-    ["POD_NAME", "FLY_MACHINE_ID", "RENDER_INSTANCE_ID", "DYNO", "K_REVISION"]
-        .iter()
-        .find_map(|v| env(v))
+    [
+        "POD_NAME",
+        "FLY_MACHINE_ID",
+        "RENDER_INSTANCE_ID",
+        "DYNO",
+        "K_REVISION",
+    ]
+    .iter()
+    .find_map(|v| env(v))
 }
 
 /// The platform's own name for this service, if it gives one.
 fn platform_service_name(env: Env) -> Option<String> {
-    ["FLY_APP_NAME", "RENDER_SERVICE_NAME", "WEBSITE_SITE_NAME", "K_SERVICE"]
-        .iter()
-        .find_map(|v| env(v))
+    [
+        "FLY_APP_NAME",
+        "RENDER_SERVICE_NAME",
+        "WEBSITE_SITE_NAME",
+        "K_SERVICE",
+    ]
+    .iter()
+    .find_map(|v| env(v))
 }
 
 /// The platform's own word on this replica's private address.
@@ -226,11 +237,7 @@ impl Me {
     }
 
     pub fn figures(&self) -> SystemFigures {
-        let mut figures = self
-            .figures
-            .read()
-            .map(|f| f.clone())
-            .unwrap_or_default();
+        let mut figures = self.figures.read().map(|f| f.clone()).unwrap_or_default();
         figures.uptime_secs = self.started.elapsed().as_secs();
         figures
     }
@@ -261,7 +268,8 @@ impl Me {
             let process = system.process(pid);
             let figures = SystemFigures {
                 cpus,
-                cpu_pct: process.map_or(0.0, |p| p.cpu_usage() / cpus as f32),
+                cpu_pct: process
+                    .map_or(0.0, |p| (p.cpu_usage() / cpus as f32 * 10.0).round() / 10.0),
                 mem_total_bytes: total,
                 mem_used_bytes: used,
                 rss_bytes: process.map_or(0, |p| p.memory()),
@@ -291,7 +299,10 @@ mod tests {
     fn platform_detection() {
         assert_eq!(Platform::detect(&env_of(&[])).name, "local");
         let p = Platform::detect(&env_of(&[("ROLLCALL_PLATFORM", "digitalocean")]));
-        assert_eq!((p.name, p.marker), ("digitalocean", Some("ROLLCALL_PLATFORM")));
+        assert_eq!(
+            (p.name, p.marker),
+            ("digitalocean", Some("ROLLCALL_PLATFORM"))
+        );
         assert_eq!(
             Platform::detect(&env_of(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).name,
             "kubernetes"

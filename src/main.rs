@@ -9,7 +9,9 @@ use rollcall::{demo, telemetry};
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
         Err(e) => {
             eprintln!("rollcall: {}", one_line_error(&e));
             return ExitCode::from(2);
@@ -21,7 +23,10 @@ fn main() -> ExitCode {
         None => (cli.settings, None),
     };
     telemetry::init(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rollcall: cannot start the async runtime: {e}");
@@ -32,7 +37,10 @@ fn main() -> ExitCode {
         match demo_args {
             Some(args) => demo::run(args).await.map_err(|e| e.to_string()),
             None => match Application::build(settings).await {
-                Ok(app) => app.run(telemetry::shutdown_signal()).await.map_err(|e| e.to_string()),
+                Ok(app) => app
+                    .run(telemetry::shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
         }

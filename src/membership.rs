@@ -215,12 +215,16 @@ impl Table {
     }
 
     /// Time-driven transitions: silent members die, long-dead ones are forgotten.
-    fn tick(&mut self, now: Instant, timing: Timing) {
+    /// Returns whether anything changed.
+    fn tick(&mut self, now: Instant, timing: Timing) -> bool {
+        let before = (self.members.len(), self.foreign.len(), self.aliases.len());
+        let mut changed = false;
         for member in self.members.values_mut() {
             if member.state == State::Suspect
                 && now.duration_since(member.last_ok) >= timing.dead_after
             {
                 Self::set_state(member, State::Dead, now);
+                changed = true;
             }
         }
         self.members.retain(|_, m| {
@@ -237,6 +241,7 @@ impl Table {
             self.foreign.retain(|_, f| f.seen >= cutoff);
             self.aliases.retain(|_, a| a.seen >= cutoff);
         }
+        changed || before != (self.members.len(), self.foreign.len(), self.aliases.len())
     }
 
     fn foreign(&mut self, addr: SocketAddr, reason: String, now: Instant) {
@@ -244,7 +249,12 @@ impl Table {
             tracing::info!(%addr, %reason, "foreign service on the port");
         }
         self.aliases.remove(&addr);
-        insert_bounded(&mut self.foreign, addr, Foreign { reason, seen: now }, |f| f.seen);
+        insert_bounded(
+            &mut self.foreign,
+            addr,
+            Foreign { reason, seen: now },
+            |f| f.seen,
+        );
     }
 
     fn alias(&mut self, addr: SocketAddr, answered_as: String, now: Instant) {
@@ -265,7 +275,8 @@ impl Table {
     fn snapshot(&self, now: Instant) -> Snapshot {
         let mut members: Vec<Member> = self.members.values().cloned().collect();
         members.sort_by(|a, b| {
-            (a.identity.addr, &a.identity.instance_id).cmp(&(b.identity.addr, &b.identity.instance_id))
+            (a.identity.addr, &a.identity.instance_id)
+                .cmp(&(b.identity.addr, &b.identity.instance_id))
         });
         Snapshot {
             taken: now,
@@ -398,9 +409,13 @@ impl Membership {
         self.change(|t, now| t.alias(addr, answered_as, now));
     }
 
+    /// Applies time-driven transitions; cheap when nothing is due, so it can run often.
     pub fn tick(&self) {
-        let timing = self.timing;
-        self.change(|t, now| t.tick(now, timing));
+        let now = Instant::now();
+        let mut table = self.lock();
+        if table.tick(now, self.timing) {
+            self.published.send_replace(Arc::new(table.snapshot(now)));
+        }
     }
 }
 
@@ -463,7 +478,11 @@ mod tests {
         assert_eq!(state(&t, "a"), State::Dead);
 
         // A partition that heals brings it back.
-        t.probe_ok(identity("a", "127.0.0.2:80"), 0.5, t0 + Duration::from_secs(4));
+        t.probe_ok(
+            identity("a", "127.0.0.2:80"),
+            0.5,
+            t0 + Duration::from_secs(4),
+        );
         assert_eq!(state(&t, "a"), State::Alive);
         assert_eq!(t.members["a"].rtt_ms, Some(0.5));
     }
@@ -473,7 +492,12 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Table::default();
         t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
-        t.probe_failed("a", "timeout".into(), t0 + Duration::from_millis(500), TIMING);
+        t.probe_failed(
+            "a",
+            "timeout".into(),
+            t0 + Duration::from_millis(500),
+            TIMING,
+        );
         t.tick(t0 + Duration::from_secs(2), TIMING);
         assert_eq!(state(&t, "a"), State::Suspect);
         t.tick(t0 + Duration::from_secs(3), TIMING);
@@ -503,7 +527,10 @@ mod tests {
         t.left("a", t0);
         // A draining replica still answers for a moment; that must not bring it back.
         t.probe_ok(identity("a", "127.0.0.2:80"), 0.3, t0);
-        assert_eq!(t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0), Admission::Known);
+        assert_eq!(
+            t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0),
+            Admission::Known
+        );
         assert_eq!(state(&t, "a"), State::Left);
     }
 
@@ -546,7 +573,10 @@ mod tests {
         let t0 = Instant::now();
         let d = Duration::from_secs(3);
         assert_eq!(state_after_failure(State::Alive, t0, t0, d), State::Suspect);
-        assert_eq!(state_after_failure(State::Alive, t0, t0 + d, d), State::Dead);
+        assert_eq!(
+            state_after_failure(State::Alive, t0, t0 + d, d),
+            State::Dead
+        );
         assert_eq!(state_after_failure(State::Left, t0, t0 + d, d), State::Left);
         assert_eq!(state_after_failure(State::Dead, t0, t0, d), State::Dead);
     }

@@ -22,6 +22,17 @@ pub async fn run(node: Arc<Node>) {
             .filter(|m| m.state != State::Left)
             .map(|m| probe(&node, m));
         join_all(probes).await;
+    }
+}
+
+/// Silence is measured by the clock, not by probe rounds: a member that stopped answering
+/// turns dead `DEAD_AFTER_SECS` after its last answer, give or take one tick.
+pub async fn run_clock(node: Arc<Node>) {
+    let period =
+        (node.probe_interval() / 10).clamp(Duration::from_millis(20), Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
         node.membership.tick();
     }
 }
@@ -32,19 +43,26 @@ async fn probe(node: &Node, member: &Member) {
         Ok(reply) if reply.identity.instance_id == *id => {
             node.membership.probe_ok(reply.identity, reply.rtt_ms);
         }
-        Ok(reply) if reply.identity.service == member.identity.service
-            && reply.identity.addr == member.identity.addr =>
+        Ok(reply)
+            if reply.identity.service == member.identity.service
+                && reply.identity.addr == member.identity.addr =>
         {
             // The replica restarted in place: a new member, and the old one is gone.
             node.membership.replaced(id, &reply.identity.instance_id);
             let method = member.sources.iter().next().copied();
             if let Some(method) = method {
-                let _ = node.candidates.try_send(Candidate { addr: member.identity.addr, method });
+                let _ = node.candidates.try_send(Candidate {
+                    addr: member.identity.addr,
+                    method,
+                });
             }
         }
         Ok(reply) => node.membership.probe_failed(
             id,
-            format!("address now answers as {} of '{}'", reply.identity.instance_id, reply.identity.service),
+            format!(
+                "address now answers as {} of '{}'",
+                reply.identity.instance_id, reply.identity.service
+            ),
         ),
         Err(e) => node.membership.probe_failed(id, e.to_string()),
     }

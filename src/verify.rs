@@ -133,7 +133,10 @@ mod tests {
             judge_at(Err(CallError::Connect("refused".into()))),
             Verdict::Unreachable(_)
         ));
-        assert!(matches!(judge_at(Err(CallError::Timeout)), Verdict::Foreign(_)));
+        assert!(matches!(
+            judge_at(Err(CallError::Timeout)),
+            Verdict::Foreign(_)
+        ));
         assert!(matches!(
             judge_at(Err(CallError::NotIdentity("x".into()))),
             Verdict::Foreign(_)

@@ -42,7 +42,10 @@ impl Replica {
             .env("DATABASE_URL", "off")
             .env("INSTANCE_NAME", format!("r{last}"))
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", std::env::var("ROLLCALL_TEST_LOG").unwrap_or("warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("ROLLCALL_TEST_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("ROLLCALL_TEST_LOG").is_some() {
                 Stdio::inherit()
@@ -146,7 +149,11 @@ async fn wait_until_all_see(replicas: &[&Replica]) -> Duration {
     for r in replicas {
         eventually(&format!("{} to list all alive", r.addr), || async {
             let alive = alive_addrs(r).await?;
-            if alive == want { Ok(()) } else { Err(format!("{alive:?}")) }
+            if alive == want {
+                Ok(())
+            } else {
+                Err(format!("{alive:?}"))
+            }
         })
         .await;
     }
@@ -155,7 +162,9 @@ async fn wait_until_all_see(replicas: &[&Replica]) -> Duration {
 
 async fn identity_of(replica: &Replica) -> Value {
     eventually("identity", || async {
-        get_json(&replica.url("/api/identity")).await.ok_or("no answer".to_string())
+        get_json(&replica.url("/api/identity"))
+            .await
+            .ok_or("no answer".to_string())
     })
     .await
 }
@@ -165,7 +174,9 @@ async fn fake_service(addr: SocketAddr, reply: &'static str) -> tokio::task::Joi
     let listener = TcpListener::bind(addr).await.expect("bind fake service");
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
                 let _ = conn.read(&mut buf).await;
@@ -186,10 +197,17 @@ async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
     let _other = fake_service((ip(9), port).into(), OTHER_SERVICE).await;
     let _garbage = fake_service((ip(10), port).into(), GARBAGE).await;
     let started = Instant::now();
-    let replicas: Vec<Replica> = [2, 3, 4].iter().map(|&i| Replica::start(i, port, &[])).collect();
+    let replicas: Vec<Replica> = [2, 3, 4]
+        .iter()
+        .map(|&i| Replica::start(i, port, &[]))
+        .collect();
     let all: Vec<&Replica> = replicas.iter().collect();
     let took = wait_until_all_see(&all).await;
-    println!("all 3 replicas listed each other alive {:?} after start ({:?} of waiting)", started.elapsed(), took);
+    println!(
+        "all 3 replicas listed each other alive {:?} after start ({:?} of waiting)",
+        started.elapsed(),
+        took
+    );
 
     for r in &replicas {
         let foreign = eventually("both neighbours reported foreign", || async {
@@ -199,15 +217,28 @@ async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
                 .cloned()
                 .unwrap_or_default()
                 .iter()
-                .map(|f| (f["addr"].as_str().unwrap_or("").into(), f["reason"].as_str().unwrap_or("").into()))
+                .map(|f| {
+                    (
+                        f["addr"].as_str().unwrap_or("").into(),
+                        f["reason"].as_str().unwrap_or("").into(),
+                    )
+                })
                 .collect();
-            if foreign.len() == 2 { Ok(foreign) } else { Err(format!("{foreign:?}")) }
+            if foreign.len() == 2 {
+                Ok(foreign)
+            } else {
+                Err(format!("{foreign:?}"))
+            }
         })
         .await;
         assert_eq!(foreign[0].0, format!("127.0.0.9:{port}"));
         assert_eq!(foreign[0].1, "service 'api' != 'rollcall'");
         assert_eq!(foreign[1].0, format!("127.0.0.10:{port}"));
-        assert!(foreign[1].1.starts_with("broken answer"), "{}", foreign[1].1);
+        assert!(
+            foreign[1].1.starts_with("broken answer"),
+            "{}",
+            foreign[1].1
+        );
         let members = alive_addrs(r).await.unwrap();
         assert_eq!(members.len(), 3, "{members:?}");
     }
@@ -227,49 +258,96 @@ async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
             assert!(res["rtt_ms"].as_f64().is_some_and(|rtt| rtt >= 0.0));
         }
         // One named member only.
-        let target = results[0]["to"]["instance_id"].as_str().unwrap().to_string();
-        let one = get_json(&r.url(&format!("/peer?to={target}"))).await.expect("/peer?to");
+        let target = results[0]["to"]["instance_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let one = get_json(&r.url(&format!("/peer?to={target}")))
+            .await
+            .expect("/peer?to");
         assert_eq!(one["results"].as_array().map(Vec::len), Some(1));
     }
 
     // An unknown `to` is a 404 with a reason; a query that doesn't parse is a 400.
     let r = &replicas[0];
-    let resp = client().get(r.url("/peer?to=10.0.0.1:22")).send().await.unwrap();
+    let resp = client()
+        .get(r.url("/peer?to=10.0.0.1:22"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains("not a current member"));
     let resp = client().get(r.url("/peer?bogus=1")).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    let resp = client().get(r.url("/api/identity?nonce=zz")).send().await.unwrap();
+    let resp = client()
+        .get(r.url("/api/identity?nonce=zz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
 }
 
 #[tokio::test]
 async fn curl_gets_json_and_browsers_get_html() {
     let port = free_port();
-    let r = Replica::start(2, port, &[("SCAN_CIDRS", "off"), ("INSTANCE_NAME", "page-test")]);
+    let r = Replica::start(
+        2,
+        port,
+        &[("SCAN_CIDRS", "off"), ("INSTANCE_NAME", "page-test")],
+    );
     identity_of(&r).await;
 
-    let json = client().get(r.url("/")).header("accept", "*/*").send().await.unwrap();
+    let json = client()
+        .get(r.url("/"))
+        .header("accept", "*/*")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json.status(), 200);
-    assert!(json.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(
+        json.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let body: Value = json.json().await.unwrap();
     assert_eq!(body["self"]["name"], "page-test");
     assert_eq!(body["members"][0]["self"], true);
-    let scan = body["discovery"].as_array().unwrap().iter().find(|d| d["method"] == "scan").cloned().unwrap();
+    let scan = body["discovery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["method"] == "scan")
+        .cloned()
+        .unwrap();
     assert_eq!(scan["status"], "off");
     assert_eq!(scan["detail"], "SCAN_CIDRS=off");
 
     let html = client()
         .get(r.url("/"))
-        .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
         .send()
         .await
         .unwrap();
-    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = html.text().await.unwrap();
-    assert!(page.contains("<h1 id=\"served-name\">page-test</h1>"), "{page}");
+    assert!(
+        page.contains("<h1 id=\"served-name\">page-test</h1>"),
+        "{page}"
+    );
     assert!(page.contains("Discovery report"));
-    assert!(!page.contains("http://") || !page.contains("src=\"http"), "no external assets");
+    assert!(
+        !page.contains("http://") || !page.contains("src=\"http"),
+        "no external assets"
+    );
 
     for (path, status, kind) in [
         ("/healthz", 200, "text/plain"),
@@ -281,7 +359,11 @@ async fn curl_gets_json_and_browsers_get_html() {
     ] {
         let resp = client().get(r.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), status, "{path}");
-        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         assert!(ct.starts_with(kind), "{path}: {ct}");
     }
 }
@@ -312,7 +394,9 @@ async fn hello_must_come_from_the_claimed_address() {
     let resp = post("{\"hello\":".into()).await.unwrap();
     assert_eq!(resp.status(), 400);
     // Too large: refused before it is read.
-    let resp = post(format!("{{\"x\":\"{}\"}}", "a".repeat(100_000))).await.unwrap();
+    let resp = post(format!("{{\"x\":\"{}\"}}", "a".repeat(100_000)))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 413);
 }
 
@@ -323,7 +407,10 @@ async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
     let b = Replica::start(3, port, &[]);
     let c = Replica::start(4, port, &[]);
     wait_until_all_see(&[&a, &b, &c]).await;
-    let old_id = identity_of(&c).await["instance_id"].as_str().unwrap().to_string();
+    let old_id = identity_of(&c).await["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     drop(c); // SIGKILL: no goodbye.
     let killed = Instant::now();
@@ -337,24 +424,37 @@ async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
         })
         .await;
     }
-    println!("SIGKILLed replica dead on both others after {:?}", killed.elapsed());
+    println!(
+        "SIGKILLed replica dead on both others after {:?}",
+        killed.elapsed()
+    );
 
     let c2 = Replica::start(4, port, &[]);
-    let new_id = identity_of(&c2).await["instance_id"].as_str().unwrap().to_string();
+    let new_id = identity_of(&c2).await["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(new_id, old_id);
     for r in [&a, &b] {
         eventually("restarted replica to join as a new member", || async {
             let s = states(r).await?;
             let new_alive = s.iter().any(|(id, _, st)| *id == new_id && st == "alive");
             let old_dead = s.iter().any(|(id, _, st)| *id == old_id && st == "dead");
-            if new_alive && old_dead { Ok(()) } else { Err(format!("{s:?}")) }
+            if new_alive && old_dead {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
         })
         .await;
     }
     // Probes keep reaching the address, and the old instance is never resurrected.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = states(&a).await.unwrap();
-    assert!(s.iter().any(|(id, _, st)| *id == old_id && st == "dead"), "{s:?}");
+    assert!(
+        s.iter().any(|(id, _, st)| *id == old_id && st == "dead"),
+        "{s:?}"
+    );
 }
 
 #[tokio::test]
@@ -363,7 +463,10 @@ async fn a_graceful_stop_says_goodbye() {
     let a = Replica::start(2, port, &[]);
     let mut b = Replica::start(3, port, &[]);
     wait_until_all_see(&[&a, &b]).await;
-    let b_id = identity_of(&b).await["instance_id"].as_str().unwrap().to_string();
+    let b_id = identity_of(&b).await["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     b.terminate();
     eventually("stopped replica to be 'left'", || async {
         let s = states(&a).await?;
@@ -404,7 +507,10 @@ fn a_bad_setting_stops_start_up_with_one_line() {
         assert_eq!(out.status.code(), Some(2), "{var}={value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim_end().lines().count(), 1, "{var}={value}: {err}");
-        assert!(err.contains(var) && err.contains(value), "{var}={value}: {err}");
+        assert!(
+            err.contains(var) && err.contains(value),
+            "{var}={value}: {err}"
+        );
     }
 }
 
@@ -422,30 +528,52 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
     let front = format!("http://127.0.0.1:{port}");
 
     // Every replica answers through the front door, in turn, and each sees all three.
-    let names = eventually("front door to rotate over 3 replicas that see each other", || async {
-        let mut names = std::collections::BTreeSet::new();
-        for _ in 0..6 {
-            let s = get_json(&format!("{front}/api/status")).await.ok_or("no answer")?;
-            let alive = s["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
-            if alive != 3 {
-                return Err(format!("{} sees {alive} alive", s["self"]["name"]));
+    let names = eventually(
+        "front door to rotate over 3 replicas that see each other",
+        || async {
+            let mut names = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                let s = get_json(&format!("{front}/api/status"))
+                    .await
+                    .ok_or("no answer")?;
+                let alive = s["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+                if alive != 3 {
+                    return Err(format!("{} sees {alive} alive", s["self"]["name"]));
+                }
+                names.insert(s["self"]["name"].as_str().unwrap_or("").to_string());
             }
-            names.insert(s["self"]["name"].as_str().unwrap_or("").to_string());
-        }
-        if names.len() == 3 { Ok(names) } else { Err(format!("{names:?}")) }
-    })
+            if names.len() == 3 {
+                Ok(names)
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    )
     .await;
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["replica-1", "replica-2", "replica-3"]);
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["replica-1", "replica-2", "replica-3"]
+    );
 
     // The front door is found by the scan too, and is recognised as a load-balanced alias.
     eventually("front door listed as an alias", || async {
-        let s = get_json(&format!("http://127.0.0.2:{port}/api/status")).await.ok_or("no answer")?;
+        let s = get_json(&format!("http://127.0.0.2:{port}/api/status"))
+            .await
+            .ok_or("no answer")?;
         let aliases = s["aliases"].to_string();
-        if aliases.contains(&format!("127.0.0.1:{port}")) { Ok(()) } else { Err(aliases) }
+        if aliases.contains(&format!("127.0.0.1:{port}")) {
+            Ok(())
+        } else {
+            Err(aliases)
+        }
     })
     .await;
 
-    let _ = Command::new("kill").args(["-INT", &demo.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
     let status = eventually("demo to exit", || {
         let exited = demo.try_wait();
         async move {
@@ -459,11 +587,18 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
     assert!(status.success(), "{status:?}");
     let mut out = String::new();
     use std::io::Read;
-    demo.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    demo.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(out.contains(&format!("http://127.0.0.1:{port}/")), "{out}");
     assert!(out.contains("stopped"), "{out}");
     // Every port is free again.
     for last in [1, 2, 3, 4] {
-        assert!(std::net::TcpListener::bind((ip(last), port)).is_ok(), "127.0.0.{last}:{port} still bound");
+        assert!(
+            std::net::TcpListener::bind((ip(last), port)).is_ok(),
+            "127.0.0.{last}:{port} still bound"
+        );
     }
 }

@@ -143,7 +143,11 @@ fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
 /// Tells a newly admitted member about us, so it need not wait for its own discovery.
 fn announce(node: Arc<Node>, addr: SocketAddr) {
     tokio::spawn(async move {
-        if let Err(e) = node.client.tell(addr, "/api/hello", &node.me.identity()).await {
+        if let Err(e) = node
+            .client
+            .tell(addr, "/api/hello", &node.me.identity())
+            .await
+        {
             tracing::debug!(%addr, error = %e, "hello not accepted");
         }
     });

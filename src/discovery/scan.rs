@@ -22,7 +22,11 @@ use crate::identity::Platform;
 pub const AUTO_SUBNETS: u32 = 64;
 
 /// The ranges to scan, or why there is no scan.
-pub fn plan(setting: &ScanCidrs, advertise: IpAddr, platform: &Platform) -> Result<Vec<Ipv4Net>, String> {
+pub fn plan(
+    setting: &ScanCidrs,
+    advertise: IpAddr,
+    platform: &Platform,
+) -> Result<Vec<Ipv4Net>, String> {
     match setting {
         ScanCidrs::Off => Err("SCAN_CIDRS=off".into()),
         ScanCidrs::List(nets) => Ok(nets.clone()),
@@ -61,12 +65,14 @@ fn auto_plan(advertise: IpAddr, platform: &Platform) -> Result<Vec<Ipv4Net>, Str
 }
 
 fn net(ip: Ipv4Addr, prefix: u8) -> Ipv4Net {
-    Ipv4Net::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| Ipv4Net::from(ip))
+    Ipv4Net::new(ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| Ipv4Net::from(ip))
 }
 
 /// 10/8, 172.16/12, 192.168/16 and the carrier-grade NAT range 100.64/10 some platforms use.
 pub fn is_private(ip: Ipv4Addr) -> bool {
-    let cgnat = Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10).map_or(false, |n| n.contains(&ip));
+    let cgnat = Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10).is_ok_and(|n| n.contains(&ip));
     ip.is_private() || cgnat
 }
 
@@ -76,8 +82,12 @@ pub fn targets(nets: &[Ipv4Net], ports: &[u16]) -> impl Iterator<Item = SocketAd
     let ports = ports.to_vec();
     nets.into_iter().flat_map(move |n| {
         let ports = ports.clone();
-        n.hosts()
-            .flat_map(move |ip| ports.clone().into_iter().map(move |p| SocketAddr::from((ip, p))))
+        n.hosts().flat_map(move |ip| {
+            ports
+                .clone()
+                .into_iter()
+                .map(move |p| SocketAddr::from((ip, p)))
+        })
     })
 }
 
@@ -120,7 +130,13 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
         Ok(nets) => nets,
         Err(why) => {
             tracing::info!(%why, "subnet scan off");
-            node.reports.set(Method::Scan, Report { off: Some(why), ..Report::default() });
+            node.reports.set(
+                Method::Scan,
+                Report {
+                    off: Some(why),
+                    ..Report::default()
+                },
+            );
             return;
         }
     };
@@ -134,7 +150,12 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let hits = scan_once(targets(&nets, &ports).filter(|a| *a != me), concurrency, timeout).await;
+        let hits = scan_once(
+            targets(&nets, &ports).filter(|a| *a != me),
+            concurrency,
+            timeout,
+        )
+        .await;
         let duration = started.elapsed();
         node.reports.set(
             Method::Scan,
@@ -153,7 +174,10 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
         for addr in hits {
             if node
                 .candidates
-                .send(Candidate { addr, method: Method::Scan })
+                .send(Candidate {
+                    addr,
+                    method: Method::Scan,
+                })
                 .await
                 .is_err()
             {
@@ -166,11 +190,19 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
 /// Names the ranges briefly: 64 /24s of one /16 read better as one /18.
 fn describe(nets: &[Ipv4Net]) -> String {
     let merged = Ipv4Net::aggregate(&nets.to_vec());
-    merged.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    merged
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn join(ports: &[u16]) -> String {
-    ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -178,7 +210,14 @@ mod tests {
     use super::*;
 
     fn platform(marker: Option<&'static str>) -> Platform {
-        Platform { name: if marker.is_some() { "kubernetes" } else { "local" }, marker }
+        Platform {
+            name: if marker.is_some() {
+                "kubernetes"
+            } else {
+                "local"
+            },
+            marker,
+        }
     }
 
     fn auto(ip: &str, marker: Option<&'static str>) -> Result<Vec<Ipv4Net>, String> {
@@ -187,7 +226,10 @@ mod tests {
 
     #[test]
     fn auto_scans_the_loopback_24() {
-        assert_eq!(auto("127.0.0.2", None), Ok(vec!["127.0.0.0/24".parse().unwrap()]));
+        assert_eq!(
+            auto("127.0.0.2", None),
+            Ok(vec!["127.0.0.0/24".parse().unwrap()])
+        );
         let nets = auto("127.0.0.2", None).unwrap();
         assert_eq!(target_count(&nets, &[8080]), 254);
     }
@@ -214,27 +256,48 @@ mod tests {
 
     #[test]
     fn auto_never_scans_public_or_ipv6() {
-        assert!(auto("203.0.113.7", Some("DYNO")).unwrap_err().contains("not private"));
+        assert!(
+            auto("203.0.113.7", Some("DYNO"))
+                .unwrap_err()
+                .contains("not private")
+        );
         assert!(auto("8.8.8.8", None).is_err());
-        assert!(auto("fd00::5", Some("FLY_APP_NAME")).unwrap_err().contains("IPv6"));
+        assert!(
+            auto("fd00::5", Some("FLY_APP_NAME"))
+                .unwrap_err()
+                .contains("IPv6")
+        );
     }
 
     #[test]
     fn explicit_lists_and_off() {
         let list = ScanCidrs::List(vec!["127.0.0.9/32".parse().unwrap()]);
         let nets = plan(&list, "203.0.113.7".parse().unwrap(), &platform(None)).unwrap();
-        assert_eq!(targets(&nets, &[80, 81]).collect::<Vec<_>>(), vec![
-            "127.0.0.9:80".parse::<SocketAddr>().unwrap(),
-            "127.0.0.9:81".parse().unwrap()
-        ]);
-        assert!(plan(&ScanCidrs::Off, "127.0.0.1".parse().unwrap(), &platform(None)).is_err());
+        assert_eq!(
+            targets(&nets, &[80, 81]).collect::<Vec<_>>(),
+            vec![
+                "127.0.0.9:80".parse::<SocketAddr>().unwrap(),
+                "127.0.0.9:81".parse().unwrap()
+            ]
+        );
+        assert!(
+            plan(
+                &ScanCidrs::Off,
+                "127.0.0.1".parse().unwrap(),
+                &platform(None)
+            )
+            .is_err()
+        );
     }
 
     #[tokio::test]
     async fn scan_finds_a_listener_on_loopback() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let nets = vec!["127.0.0.1/32".parse().unwrap(), "127.0.0.0/30".parse().unwrap()];
+        let nets = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "127.0.0.0/30".parse().unwrap(),
+        ];
         let hits = scan_once(targets(&nets, &[port]), 8, Duration::from_millis(250)).await;
         assert_eq!(hits, vec![SocketAddr::from(([127, 0, 0, 1], port)); 2]);
     }

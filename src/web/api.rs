@@ -35,7 +35,9 @@ pub async fn identity(
     if let Some(nonce) = &query.nonce
         && (nonce.is_empty() || nonce.len() > 128 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()))
     {
-        return Err(ApiError::BadRequest("nonce must be 1 to 128 hex digits".into()));
+        return Err(ApiError::BadRequest(
+            "nonce must be 1 to 128 hex digits".into(),
+        ));
     }
     Ok(Json(node.me.identity()))
 }

@@ -7,9 +7,21 @@ use axum::response::IntoResponse;
 use super::ApiError;
 
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../../static/app.js")),
-    ("favicon.svg", "image/svg+xml", include_str!("../../static/favicon.svg")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../static/style.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/app.js"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../../static/favicon.svg"),
+    ),
 ];
 
 pub async fn serve(Path(file): Path<String>) -> Result<impl IntoResponse, ApiError> {

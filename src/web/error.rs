@@ -30,7 +30,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status_code(), Json(json!({ "error": self.to_string() }))).into_response()
+        (
+            self.status_code(),
+            Json(json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 

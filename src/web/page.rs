@@ -41,9 +41,9 @@ pub async fn index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Respons
 /// the same for replicas it learns of by polling).
 pub fn hue(instance_id: &str) -> u32 {
     // FNV-1a: tiny, and easy to repeat in JavaScript.
-    let hash = instance_id
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = instance_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     hash % 360
 }
 
@@ -77,7 +77,11 @@ impl MemberView {
         mib(self.system.rss_bytes)
     }
     fn seen_text(&self) -> String {
-        if self.is_self { "now".into() } else { ago(self.last_seen_ms_ago) }
+        if self.is_self {
+            "now".into()
+        } else {
+            ago(self.last_seen_ms_ago)
+        }
     }
     fn state_text(&self) -> &'static str {
         match self.state {

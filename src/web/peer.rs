@@ -53,10 +53,14 @@ pub async fn call_peers(
     let snapshot = node.membership.snapshot();
     // `to` names a member, never an address: this endpoint must not reach anything else.
     let targets: Vec<&Member> = match &query.to {
-        Some(id) => vec![snapshot
-            .member(id)
-            .filter(|m| m.state != MemberState::Left)
-            .ok_or_else(|| ApiError::NotFound(format!("'{}' is not a current member", clip(id))))?],
+        Some(id) => vec![
+            snapshot
+                .member(id)
+                .filter(|m| m.state != MemberState::Left)
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("'{}' is not a current member", clip(id)))
+                })?,
+        ],
         None => snapshot
             .members
             .iter()
@@ -85,7 +89,10 @@ async fn call(node: &Node, member: &Member) -> CallResult {
                 status: Some(reply.status),
                 rtt_ms: Some((reply.rtt_ms * 100.0).round() / 100.0),
                 error: (!same).then(|| {
-                    format!("answered as another instance ({})", reply.identity.instance_id)
+                    format!(
+                        "answered as another instance ({})",
+                        reply.identity.instance_id
+                    )
                 }),
                 reply: Some(reply.identity),
             }

@@ -87,7 +87,15 @@ impl Status {
             .reports
             .all()
             .into_iter()
-            .map(|(method, report)| method_view(method, &report, &snapshot.members, node.settings.expected_replicas, now))
+            .map(|(method, report)| {
+                method_view(
+                    method,
+                    &report,
+                    &snapshot.members,
+                    node.settings.expected_replicas,
+                    now,
+                )
+            })
             .collect();
         Status {
             me,
@@ -117,7 +125,10 @@ impl Status {
 
     /// Members alive now, this replica included.
     pub fn alive(&self) -> usize {
-        self.members.iter().filter(|m| m.state == State::Alive).count()
+        self.members
+            .iter()
+            .filter(|m| m.state == State::Alive)
+            .count()
     }
 }
 
