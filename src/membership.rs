@@ -116,7 +116,13 @@ impl Table {
         }
     }
 
-    fn admit(&mut self, identity: Identity, method: Method, now: Instant) -> Admission {
+    fn admit(
+        &mut self,
+        identity: Identity,
+        method: Method,
+        rtt_ms: f64,
+        now: Instant,
+    ) -> Admission {
         let addr = identity.addr;
         self.foreign.remove(&addr);
         self.aliases.remove(&addr);
@@ -137,6 +143,7 @@ impl Table {
                 member.sources.insert(method);
                 member.identity = identity;
                 if member.state != State::Left {
+                    member.rtt_ms = Some(rtt_ms);
                     member.last_ok = now;
                     member.last_error = None;
                     Self::set_state(member, State::Alive, now);
@@ -157,7 +164,7 @@ impl Table {
                         identity,
                         sources: BTreeSet::from([method]),
                         state: State::Alive,
-                        rtt_ms: None,
+                        rtt_ms: Some(rtt_ms),
                         last_ok: now,
                         state_since: now,
                         last_error: None,
@@ -364,8 +371,8 @@ impl Membership {
         result
     }
 
-    pub fn admit(&self, identity: Identity, method: Method) -> Admission {
-        self.change(|t, now| t.admit(identity, method, now))
+    pub fn admit(&self, identity: Identity, method: Method, rtt_ms: f64) -> Admission {
+        self.change(|t, now| t.admit(identity, method, rtt_ms, now))
     }
 
     /// Tags a live member at `addr` with another source; false when none is there, and the
@@ -465,7 +472,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Table::default();
         assert_eq!(
-            t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0),
+            t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0),
             Admission::New
         );
         assert_eq!(state(&t, "a"), State::Alive);
@@ -491,7 +498,7 @@ mod tests {
     fn suspects_die_by_the_clock_even_without_probe_answers() {
         let t0 = Instant::now();
         let mut t = Table::default();
-        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
         t.probe_failed(
             "a",
             "timeout".into(),
@@ -508,8 +515,8 @@ mod tests {
     fn dead_and_left_are_forgotten() {
         let t0 = Instant::now();
         let mut t = Table::default();
-        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
-        t.admit(identity("b", "127.0.0.3:80"), Method::Scan, t0);
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+        t.admit(identity("b", "127.0.0.3:80"), Method::Scan, 1.0, t0);
         assert!(t.left("b", t0));
         t.probe_failed("a", "refused".into(), t0 + Duration::from_secs(3), TIMING);
         t.tick(t0 + Duration::from_secs(600), TIMING);
@@ -523,12 +530,12 @@ mod tests {
     fn left_is_never_revived() {
         let t0 = Instant::now();
         let mut t = Table::default();
-        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0);
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
         t.left("a", t0);
         // A draining replica still answers for a moment; that must not bring it back.
         t.probe_ok(identity("a", "127.0.0.2:80"), 0.3, t0);
         assert_eq!(
-            t.admit(identity("a", "127.0.0.2:80"), Method::Scan, t0),
+            t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0),
             Admission::Known
         );
         assert_eq!(state(&t, "a"), State::Left);
@@ -538,9 +545,9 @@ mod tests {
     fn a_restart_on_the_same_address_is_a_new_member_and_the_old_one_dies() {
         let t0 = Instant::now();
         let mut t = Table::default();
-        t.admit(identity("old", "127.0.0.2:80"), Method::Scan, t0);
+        t.admit(identity("old", "127.0.0.2:80"), Method::Scan, 1.0, t0);
         assert_eq!(
-            t.admit(identity("new", "127.0.0.2:80"), Method::Scan, t0),
+            t.admit(identity("new", "127.0.0.2:80"), Method::Scan, 1.0, t0),
             Admission::New
         );
         assert_eq!(state(&t, "old"), State::Dead);

@@ -6,12 +6,13 @@
 
 use std::net::SocketAddr;
 
-use crate::client::{CallError, PeerClient};
+use crate::client::{CallError, PeerClient, Reply};
 use crate::identity::{Identity, Me};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    Member(Identity),
+    /// With the round trip of the verifying call: the member's first RTT.
+    Member(Identity, f64),
     /// The address answered with the identity of a replica that lives elsewhere.
     Alias(Identity),
     Foreign(String),
@@ -24,7 +25,7 @@ pub enum Verdict {
 pub async fn verify(client: &PeerClient, me: &Me, candidate: SocketAddr) -> Verdict {
     judge(
         candidate,
-        client.identity(candidate).await.map(|r| r.identity),
+        client.identity(candidate).await,
         me.service(),
         me.id(),
     )
@@ -33,12 +34,14 @@ pub async fn verify(client: &PeerClient, me: &Me, candidate: SocketAddr) -> Verd
 /// The decision itself, apart from the network call.
 pub fn judge(
     candidate: SocketAddr,
-    answer: Result<Identity, CallError>,
+    answer: Result<Reply, CallError>,
     service: &str,
     my_id: &str,
 ) -> Verdict {
-    let identity = match answer {
-        Ok(identity) => identity,
+    let Reply {
+        identity, rtt_ms, ..
+    } = match answer {
+        Ok(reply) => reply,
         Err(e) if e.is_connect() => return Verdict::Unreachable(e.to_string()),
         Err(e) => return Verdict::Foreign(e.to_string()),
     };
@@ -54,7 +57,7 @@ pub fn judge(
     }
     match (identity.addr == candidate, identity.instance_id == my_id) {
         (true, true) => Verdict::Myself,
-        (true, false) => Verdict::Member(identity),
+        (true, false) => Verdict::Member(identity, rtt_ms),
         (false, _) => Verdict::Alias(identity),
     }
 }
@@ -104,13 +107,18 @@ mod tests {
     const AT: &str = "127.0.0.3:8080";
 
     fn judge_at(answer: Result<Identity, CallError>) -> Verdict {
-        judge(AT.parse().unwrap(), answer, "svc", "ME")
+        let reply = answer.map(|identity| Reply {
+            identity,
+            status: 200,
+            rtt_ms: 0.5,
+        });
+        judge(AT.parse().unwrap(), reply, "svc", "ME")
     }
 
     #[test]
     fn member_alias_foreign_myself() {
         let peer = identity("P1", "svc", AT);
-        assert_eq!(judge_at(Ok(peer.clone())), Verdict::Member(peer));
+        assert_eq!(judge_at(Ok(peer.clone())), Verdict::Member(peer, 0.5));
 
         let elsewhere = identity("P2", "svc", "127.0.0.4:8080");
         assert_eq!(judge_at(Ok(elsewhere.clone())), Verdict::Alias(elsewhere));

@@ -602,3 +602,58 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
         );
     }
 }
+
+/// The page in a real headless Chromium: its script polls `/api/status`, redraws the
+/// cluster from the answer, and records each answer in the strip.
+#[tokio::test]
+async fn the_page_goes_live_in_a_real_browser() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromium is needed for this test (scripts/test installs it)");
+    let port = free_port();
+    let a = Replica::start(6, port, &[("SCAN_CIDRS", "127.0.0.6,127.0.0.7")]);
+    let b = Replica::start(7, port, &[("SCAN_CIDRS", "127.0.0.6,127.0.0.7")]);
+    wait_until_all_see(&[&a, &b]).await;
+
+    let profile = std::env::temp_dir().join(format!("rollcall-chromium-{port}"));
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=7000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(a.url("/"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("chromium finished")
+        .expect("chromium ran");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let polls = dom.matches("<li class=\"poll\"").count();
+    assert!(
+        polls >= 2,
+        "the script polled and recorded answers ({polls}):\n{dom}"
+    );
+    assert_eq!(dom.matches("<li class=\"reload\"").count(), 1, "{dom}");
+    // Members drawn by the script from the polled status, with their direct RTTs.
+    assert!(
+        dom.contains("<strong>r6</strong>") && dom.contains("<strong>r7</strong>"),
+        "{dom}"
+    );
+    assert!(dom.contains(" ms</dd>"), "{dom}");
+    assert!(
+        dom.contains(&format!("curl http://127.0.0.6:{port}/")),
+        "{dom}"
+    );
+}

@@ -117,9 +117,9 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
 
 fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
     match verdict {
-        Verdict::Member(identity) => {
+        Verdict::Member(identity, rtt_ms) => {
             let addr = identity.addr;
-            if node.membership.admit(identity, candidate.method) == Admission::New {
+            if node.membership.admit(identity, candidate.method, rtt_ms) == Admission::New {
                 announce(node.clone(), addr);
             }
         }
