@@ -4,7 +4,7 @@
 //! the same address. Only verification and the prober write here; everyone else reads
 //! snapshots, which are cheap to clone and never wait on discovery.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -63,7 +63,6 @@ const MAX_ANSWERED_AS: usize = 16;
 /// A consistent copy of the table at one moment.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub taken: Instant,
     /// Sorted by address, then instance id.
     pub members: Vec<Member>,
     pub foreign: Vec<(SocketAddr, Foreign)>,
@@ -279,14 +278,13 @@ impl Table {
         insert_bounded(&mut self.aliases, addr, entry, |a| a.seen);
     }
 
-    fn snapshot(&self, now: Instant) -> Snapshot {
+    fn snapshot(&self) -> Snapshot {
         let mut members: Vec<Member> = self.members.values().cloned().collect();
         members.sort_by(|a, b| {
             (a.identity.addr, &a.identity.instance_id)
                 .cmp(&(b.identity.addr, &b.identity.instance_id))
         });
         Snapshot {
-            taken: now,
             members,
             foreign: sorted_by_addr(&self.foreign),
             aliases: sorted_by_addr(&self.aliases),
@@ -341,7 +339,7 @@ pub struct Membership {
 impl Membership {
     pub fn new(timing: Timing) -> Membership {
         let table = Table::default();
-        let (published, _) = watch::channel(Arc::new(table.snapshot(Instant::now())));
+        let (published, _) = watch::channel(Arc::new(table.snapshot()));
         Membership {
             table: Mutex::new(table),
             timing,
@@ -367,7 +365,7 @@ impl Membership {
         let now = Instant::now();
         let mut table = self.lock();
         let result = f(&mut table, now);
-        self.published.send_replace(Arc::new(table.snapshot(now)));
+        self.published.send_replace(Arc::new(table.snapshot()));
         result
     }
 
@@ -421,24 +419,9 @@ impl Membership {
         let now = Instant::now();
         let mut table = self.lock();
         if table.tick(now, self.timing) {
-            self.published.send_replace(Arc::new(table.snapshot(now)));
+            self.published.send_replace(Arc::new(table.snapshot()));
         }
     }
-}
-
-/// Counts members by state, for the page and metrics.
-pub fn count_by_state(members: &[Member]) -> BTreeMap<&'static str, usize> {
-    let mut counts = BTreeMap::new();
-    for m in members {
-        let key = match m.state {
-            State::Alive => "alive",
-            State::Suspect => "suspect",
-            State::Dead => "dead",
-            State::Left => "left",
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    counts
 }
 
 #[cfg(test)]

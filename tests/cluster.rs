@@ -111,7 +111,36 @@ where
     panic!("timed out after {DEADLINE:?} waiting for {what}; last saw: {last}");
 }
 
-/// instance_id → state, as the replica at `url` sees its members.
+/// Waits for a process to exit by itself.
+async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    eventually(&format!("{what} to exit"), || {
+        let status = child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+}
+
+/// The state of one member as `replica` sees it, once it is `want`.
+async fn wait_for_state(replica: &Replica, instance_id: &str, want: &str) {
+    eventually(
+        &format!("{instance_id} to be {want} on {}", replica.addr),
+        || async {
+            let s = states(replica).await?;
+            match s.iter().find(|(id, _, _)| id == instance_id) {
+                Some((_, _, state)) if state == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// (instance_id, addr, state) of every member, as `replica` sees them.
 async fn states(replica: &Replica) -> Result<Vec<(String, String, String)>, String> {
     let status = get_json(&replica.url("/api/status"))
         .await
@@ -415,14 +444,7 @@ async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
     drop(c); // SIGKILL: no goodbye.
     let killed = Instant::now();
     for r in [&a, &b] {
-        eventually("killed replica to turn dead", || async {
-            let s = states(r).await?;
-            match s.iter().find(|(id, _, _)| *id == old_id) {
-                Some((_, _, state)) if state == "dead" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+        wait_for_state(r, &old_id, "dead").await;
     }
     println!(
         "SIGKILLed replica dead on both others after {:?}",
@@ -448,13 +470,16 @@ async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
         })
         .await;
     }
-    // Probes keep reaching the address, and the old instance is never resurrected.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = states(&a).await.unwrap();
-    assert!(
-        s.iter().any(|(id, _, st)| *id == old_id && st == "dead"),
-        "{s:?}"
-    );
+    // Probes keep reaching the address for several rounds; the old instance stays dead.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(2500) {
+        let s = states(&a).await.unwrap();
+        assert!(
+            s.iter().any(|(id, _, st)| *id == old_id && st == "dead"),
+            "{s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -468,24 +493,8 @@ async fn a_graceful_stop_says_goodbye() {
         .unwrap()
         .to_string();
     b.terminate();
-    eventually("stopped replica to be 'left'", || async {
-        let s = states(&a).await?;
-        match s.iter().find(|(id, _, _)| *id == b_id) {
-            Some((_, _, st)) if st == "left" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    let status = eventually("stopped replica to exit", || {
-        let exited = b.child.try_wait();
-        async move {
-            match exited {
-                Ok(Some(status)) => Ok(status),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
+    wait_for_state(&a, &b_id, "left").await;
+    let status = exited(&mut b.child, "stopped replica").await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -574,16 +583,7 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
     let _ = Command::new("kill")
         .args(["-INT", &demo.id().to_string()])
         .status();
-    let status = eventually("demo to exit", || {
-        let exited = demo.try_wait();
-        async move {
-            match exited {
-                Ok(Some(s)) => Ok(s),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
+    let status = exited(&mut demo, "demo").await;
     assert!(status.success(), "{status:?}");
     let mut out = String::new();
     use std::io::Read;
