@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::PeerClient;
 use crate::config::Settings;
+use crate::discovery::registry::Registry;
 use crate::discovery::{self, Candidate, Method, Report, Reports};
 use crate::identity::{Me, process_env};
 use crate::membership::{Membership, State, Timing};
@@ -26,6 +27,7 @@ pub struct Node {
     pub reports: Reports,
     pub client: PeerClient,
     pub candidates: mpsc::Sender<Candidate>,
+    pub registry: Option<Arc<Registry>>,
     ready: AtomicBool,
 }
 
@@ -86,6 +88,20 @@ impl Application {
                 ..Report::default()
             },
         );
+        let registry = Registry::new(
+            &settings.database_url,
+            Duration::from_secs(settings.registry_heartbeat_secs),
+            Duration::from_secs(settings.registry_ttl_secs),
+        );
+        if registry.is_none() {
+            reports.set(
+                Method::Registry,
+                Report {
+                    off: Some("DATABASE_URL=off".into()),
+                    ..Report::default()
+                },
+            );
+        }
         let node = Arc::new(Node {
             settings,
             me,
@@ -93,6 +109,7 @@ impl Application {
             reports,
             client,
             candidates: tx,
+            registry,
             ready: AtomicBool::new(false),
         });
         Ok(Application {
@@ -154,13 +171,17 @@ impl Application {
 
 fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<JoinHandle<()>> {
     let concurrency = scan_concurrency(node.settings.scan_concurrency as usize);
-    vec![
+    let mut tasks = vec![
         tokio::spawn(node.me.clone().sample_system(Duration::from_secs(2))),
         tokio::spawn(discovery::run_verifier(node.clone(), candidates)),
         tokio::spawn(discovery::scan::run(node.clone(), concurrency)),
         tokio::spawn(prober::run(node.clone())),
         tokio::spawn(prober::run_clock(node.clone())),
-    ]
+    ];
+    if let Some(registry) = &node.registry {
+        tasks.push(tokio::spawn(registry.clone().run(node.clone())));
+    }
+    tasks
 }
 
 /// Each scan connect holds a file descriptor: raise the limit, and never plan more connects
@@ -172,7 +193,7 @@ fn scan_concurrency(wanted: usize) -> usize {
 }
 
 /// Tells every live member we are leaving, so they mark us `left` at once instead of
-/// waiting for probes to fail.
+/// waiting for probes to fail, and deletes our registry row.
 async fn say_goodbye(node: &Node) {
     let me = node.me.identity();
     let snapshot = node.membership.snapshot();
@@ -181,5 +202,14 @@ async fn say_goodbye(node: &Node) {
         .iter()
         .filter(|m| matches!(m.state, State::Alive | State::Suspect))
         .map(|m| node.client.tell(m.identity.addr, "/api/goodbye", &me));
-    let _ = tokio::time::timeout(Duration::from_secs(2), join_all(calls)).await;
+    let deregister = async {
+        if let Some(registry) = &node.registry {
+            registry.deregister(&me).await;
+        }
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures_util::future::join(join_all(calls), deregister),
+    )
+    .await;
 }

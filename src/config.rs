@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one replica (the default).
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Run a whole cluster on this machine: replicas on 127.0.0.2.. and a round-robin front door.
     Demo(DemoArgs),
 }
@@ -102,6 +102,19 @@ pub struct Settings {
     #[arg(long, env = "FORGET_AFTER_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub forget_after_secs: u64,
 
+    /// Registry database where replicas meet: `sqlite://FILE`, `postgres://…`, or `off`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://rollcall.db")]
+    pub database_url: Database,
+
+    /// How often a replica refreshes its registry row, in seconds.
+    #[arg(long, env = "REGISTRY_HEARTBEAT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub registry_heartbeat_secs: u64,
+
+    /// Registry rows older than this many seconds are ignored and deleted by any replica.
+    /// Must be more than REGISTRY_HEARTBEAT_SECS.
+    #[arg(long, env = "REGISTRY_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub registry_ttl_secs: u64,
+
     /// Log format: `text` or `json`. Default: text on a terminal, else json.
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -170,6 +183,88 @@ impl FromStr for ScanCidrs {
     }
 }
 
+/// `DATABASE_URL`: off, or a URL whose password never reaches a log or a page.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Off,
+    Sqlite(DatabaseUrl),
+    Postgres(DatabaseUrl),
+}
+
+/// A database URL that shows itself with the password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL with its password: only for connecting.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    fn password(&self) -> Option<&str> {
+        let rest = self.0.split_once("://")?.1;
+        let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
+        userinfo
+            .split_once(':')
+            .map(|(_, pw)| pw)
+            .filter(|pw| !pw.is_empty())
+    }
+
+    /// Masks the password wherever it appears in `text` (error messages may quote the URL).
+    pub fn scrub(&self, text: &str) -> String {
+        match self.password() {
+            Some(pw) => text.replace(pw, "***"),
+            None => text.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.scrub(&self.0))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Off => f.write_str("off"),
+            Database::Sqlite(url) | Database::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl FromStr for Database {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(Database::Off);
+        }
+        let url = DatabaseUrl(s.to_string());
+        let scheme = s.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "sqlite" => {
+                sqlx::sqlite::SqliteConnectOptions::from_str(s)
+                    .map_err(|e| url.scrub(&format!("not a usable SQLite URL: {e}")))?;
+                Ok(Database::Sqlite(url))
+            }
+            "postgres" | "postgresql" => {
+                sqlx::postgres::PgConnectOptions::from_str(s)
+                    .map_err(|e| url.scrub(&format!("not a usable PostgreSQL URL: {e}")))?;
+                Ok(Database::Postgres(url))
+            }
+            _ => Err("expected sqlite://FILE, postgres://…, or off".into()),
+        }
+    }
+}
+
 /// A comma list of TCP ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(pub Vec<u16>);
@@ -202,6 +297,18 @@ fn comma_list<T>(s: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<V
 }
 
 impl Settings {
+    /// Checks that hold between settings; the error is the one line to print.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.registry_ttl_secs <= self.registry_heartbeat_secs {
+            return Err(format!(
+                "REGISTRY_TTL_SECS ({}) must be more than REGISTRY_HEARTBEAT_SECS ({}), \
+                 or every row would look stale between heartbeats",
+                self.registry_ttl_secs, self.registry_heartbeat_secs
+            ));
+        }
+        Ok(())
+    }
+
     pub fn scan_ports(&self) -> Vec<u16> {
         match &self.scan_ports {
             Some(PortList(ports)) => ports.clone(),
@@ -215,7 +322,11 @@ impl Settings {
 pub fn one_line_error(err: &clap::Error) -> String {
     use clap::CommandFactory;
     use clap::error::ContextKind;
-    let rendered = err.render().to_string();
+    let mut rendered = err.render().to_string();
+    // A rejected DATABASE_URL is echoed by clap: mask anything that looks like a password.
+    if let Some(value) = err.get(ContextKind::InvalidValue).map(|v| v.to_string()) {
+        rendered = DatabaseUrl(value).scrub(&rendered);
+    }
     let first = rendered
         .lines()
         .next()
@@ -265,6 +376,50 @@ mod tests {
         assert!("fd00::/64".parse::<ScanCidrs>().is_err());
         assert!("banana".parse::<ScanCidrs>().is_err());
         assert!(",".parse::<ScanCidrs>().is_err());
+    }
+
+    #[test]
+    fn database_urls_parse_and_hide_their_password() {
+        assert_eq!("off".parse::<Database>(), Ok(Database::Off));
+        assert!(matches!(
+            "sqlite://rollcall.db".parse::<Database>(),
+            Ok(Database::Sqlite(_))
+        ));
+        let pg = "postgres://app:hunter2@db.internal:25060/defaultdb?sslmode=require";
+        let Ok(Database::Postgres(url)) = pg.parse::<Database>() else {
+            panic!("postgres URL rejected");
+        };
+        assert_eq!(url.secret(), pg);
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db.internal:25060/defaultdb?sslmode=require"
+        );
+        assert!(!format!("{:?}", Database::Postgres(url.clone())).contains("hunter2"));
+        assert_eq!(url.scrub("failed: hunter2 wrong"), "failed: *** wrong");
+        assert!("mysql://x".parse::<Database>().is_err());
+        assert!("rollcall.db".parse::<Database>().is_err());
+
+        let err = Cli::try_parse_from(["rollcall", "--database-url", "mysql://u:topsecret@h/db"])
+            .unwrap_err();
+        let line = one_line_error(&err);
+        assert!(
+            line.contains("DATABASE_URL") && !line.contains("topsecret"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn ttl_must_outlast_the_heartbeat() {
+        let cli = Cli::try_parse_from([
+            "rollcall",
+            "--registry-heartbeat-secs",
+            "5",
+            "--registry-ttl-secs",
+            "5",
+        ])
+        .unwrap();
+        let err = cli.settings.validate().unwrap_err();
+        assert!(err.contains("REGISTRY_TTL_SECS (5)"), "{err}");
     }
 
     #[test]

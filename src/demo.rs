@@ -27,6 +27,8 @@ pub enum DemoError {
     Settings(String),
     #[error("front door: {0}")]
     FrontDoor(std::io::Error),
+    #[error("temporary directory: {0}")]
+    TempDir(std::io::Error),
 }
 
 /// Where the replicas live.
@@ -75,8 +77,27 @@ impl Layout {
     }
 }
 
+/// A temporary directory that is deleted when dropped, even on an early error.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("rollcall-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let layout = Layout::choose(args.replicas, args.port);
+    let temp = TempDir::new().map_err(DemoError::TempDir)?;
+    let registry = format!("sqlite://{}", temp.0.join("registry.db").display());
     let front: SocketAddr = (Ipv4Addr::LOCALHOST, args.port).into();
     let front_listener = tokio::net::TcpListener::bind(front)
         .await
@@ -94,6 +115,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             format!("--expected-replicas={}", args.replicas),
             format!("--scan-cidrs={}", layout.scan_cidr),
             format!("--scan-ports={}", layout.scan_ports),
+            format!("--database-url={registry}"),
         ])
         .map_err(|e| DemoError::Settings(e.to_string()))?;
         apps.push(Application::build(settings).await?);
@@ -128,6 +150,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     for (i, addr) in layout.replicas.iter().enumerate() {
         println!("  replica-{}  http://{addr}/", i + 1);
     }
+    println!("  registry   {registry}");
     println!("open http://{front}/ and reload to watch the load balancer rotate; Ctrl-C stops all");
 
     shutdown_signal().await;
@@ -136,6 +159,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let _ = task.await;
     }
     let _ = front_task.await;
+    drop(temp);
     println!("rollcall demo: stopped");
     Ok(())
 }

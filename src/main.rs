@@ -19,9 +19,13 @@ fn main() -> ExitCode {
     };
     let (settings, demo_args) = match cli.command {
         Some(Command::Demo(args)) => (cli.settings, Some(args)),
-        Some(Command::Serve(settings)) => (settings, None),
+        Some(Command::Serve(settings)) => (*settings, None),
         None => (cli.settings, None),
     };
+    if let Err(line) = settings.validate() {
+        eprintln!("rollcall: {line}");
+        return ExitCode::from(2);
+    }
     telemetry::init(settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

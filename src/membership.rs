@@ -373,13 +373,15 @@ impl Membership {
         self.change(|t, now| t.admit(identity, method, rtt_ms, now))
     }
 
-    /// Tags a live member at `addr` with another source; false when none is there, and the
-    /// address needs verifying.
-    pub fn tag_source(&self, addr: SocketAddr, method: Method) -> bool {
+    /// Tags a live member at `addr` (the `expect`ed one, if named) with another source; false
+    /// when none is there, and the address needs verifying.
+    pub fn tag_source(&self, addr: SocketAddr, method: Method, expect: Option<&str>) -> bool {
         self.change(|t, _| {
             let mut found = false;
             for m in t.member_at(addr) {
-                if matches!(m.state, State::Alive | State::Suspect) {
+                if matches!(m.state, State::Alive | State::Suspect)
+                    && expect.is_none_or(|id| id == m.identity.instance_id)
+                {
                     m.sources.insert(method);
                     found = true;
                 }

@@ -51,10 +51,9 @@ async fn probe(node: &Node, member: &Member) {
             node.membership.replaced(id, &reply.identity.instance_id);
             let method = member.sources.iter().next().copied();
             if let Some(method) = method {
-                let _ = node.candidates.try_send(Candidate {
-                    addr: member.identity.addr,
-                    method,
-                });
+                let _ = node
+                    .candidates
+                    .try_send(Candidate::new(member.identity.addr, method));
             }
         }
         Ok(reply) => node.membership.probe_failed(

@@ -46,7 +46,8 @@ function memberHtml(m) {
 function methodHtml(d) {
   let run = "";
   if (d.last_run_ms_ago != null) run = ago(d.last_run_ms_ago) + (d.duration_ms != null ? ` · took ${d.duration_ms} ms` : "");
-  return `<tr><td>${esc(d.method)}</td><td><span class="st st-${esc(d.status)}">${esc(d.status)}</span></td><td>${d.found}</td><td>${esc(d.detail)}<div class="muted">${run}</div></td></tr>`;
+  const evidence = d.evidence.length ? `<ul class="evidence">${d.evidence.map((e) => `<li>${esc(e)}</li>`).join("")}</ul>` : "";
+  return `<tr><td>${esc(d.method)}</td><td><span class="st st-${esc(d.status)}">${esc(d.status)}</span></td><td>${d.found}</td><td>${esc(d.detail)}${evidence}<div class="muted">${run}</div></td></tr>`;
 }
 
 function notMembersHtml(s) {

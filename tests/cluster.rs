@@ -2,201 +2,16 @@
 //! Everything here talks to loopback only. Nothing sleeps and hopes: every wait polls with
 //! a deadline and reports what it last saw.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A port no other test uses: the kernel's pick on 127.0.0.1, reused on 127.0.0.x.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
-}
-
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Replica {
-    fn start(last: u8, port: u16, extra: &[(&str, &str)]) -> Replica {
-        let addr = SocketAddr::from((ip(last), port));
-        let mut cmd = Command::new(BIN);
-        // A clean environment: no platform marker or proxy from the machine leaks in.
-        cmd.env_clear()
-            .env("BIND_ADDR", addr.ip().to_string())
-            .env("PORT", port.to_string())
-            .env("SCAN_CIDRS", "127.0.0.0/24")
-            .env("DATABASE_URL", "off")
-            .env("INSTANCE_NAME", format!("r{last}"))
-            .env("LOG_FORMAT", "json")
-            .env(
-                "RUST_LOG",
-                std::env::var("ROLLCALL_TEST_LOG").unwrap_or("warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("ROLLCALL_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn rollcall");
-        Replica { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn terminate(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client")
-}
-
-async fn get_json(url: &str) -> Option<Value> {
-    let r = client().get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or fails with what it last saw.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    let mut last = String::from("never checked");
-    while start.elapsed() < DEADLINE {
-        match check().await {
-            Ok(v) => return v,
-            Err(seen) => last = seen,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {DEADLINE:?} waiting for {what}; last saw: {last}");
-}
-
-/// Waits for a process to exit by itself.
-async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    eventually(&format!("{what} to exit"), || {
-        let status = child.try_wait();
-        async move {
-            match status {
-                Ok(Some(status)) => Ok(status),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await
-}
-
-/// The state of one member as `replica` sees it, once it is `want`.
-async fn wait_for_state(replica: &Replica, instance_id: &str, want: &str) {
-    eventually(
-        &format!("{instance_id} to be {want} on {}", replica.addr),
-        || async {
-            let s = states(replica).await?;
-            match s.iter().find(|(id, _, _)| id == instance_id) {
-                Some((_, _, state)) if state == want => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-}
-
-/// (instance_id, addr, state) of every member, as `replica` sees them.
-async fn states(replica: &Replica) -> Result<Vec<(String, String, String)>, String> {
-    let status = get_json(&replica.url("/api/status"))
-        .await
-        .ok_or_else(|| format!("{} not answering", replica.addr))?;
-    Ok(status["members"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|m| {
-            (
-                m["instance_id"].as_str().unwrap_or_default().to_string(),
-                m["addr"].as_str().unwrap_or_default().to_string(),
-                m["state"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect())
-}
-
-async fn alive_addrs(replica: &Replica) -> Result<Vec<String>, String> {
-    let mut alive: Vec<String> = states(replica)
-        .await?
-        .into_iter()
-        .filter(|(_, _, s)| s == "alive")
-        .map(|(_, a, _)| a)
-        .collect();
-    alive.sort();
-    Ok(alive)
-}
-
-async fn wait_until_all_see(replicas: &[&Replica]) -> Duration {
-    let start = Instant::now();
-    let mut want: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
-    want.sort();
-    for r in replicas {
-        eventually(&format!("{} to list all alive", r.addr), || async {
-            let alive = alive_addrs(r).await?;
-            if alive == want {
-                Ok(())
-            } else {
-                Err(format!("{alive:?}"))
-            }
-        })
-        .await;
-    }
-    start.elapsed()
-}
-
-async fn identity_of(replica: &Replica) -> Value {
-    eventually("identity", || async {
-        get_json(&replica.url("/api/identity"))
-            .await
-            .ok_or("no answer".to_string())
-    })
-    .await
-}
 
 /// A neighbour on the port that is not a replica: answers every connection with `reply`.
 async fn fake_service(addr: SocketAddr, reply: &'static str) -> tokio::task::JoinHandle<()> {
@@ -506,6 +321,8 @@ fn a_bad_setting_stops_start_up_with_one_line() {
         ("SCAN_PORTS", "80,0"),
         ("PROBE_INTERVAL_MS", "0"),
         ("BIND_ADDR", "localhost:80"),
+        ("DATABASE_URL", "mysql://db.internal/app"),
+        ("REGISTRY_TTL_SECS", "2"),
     ] {
         let out = Command::new(BIN)
             .env_clear()

@@ -4,6 +4,7 @@
 //! Adding a method means adding a file here that sends [`Candidate`]s and fills in its
 //! [`Report`].
 
+pub mod registry;
 pub mod scan;
 
 use std::collections::{BTreeMap, HashSet};
@@ -29,6 +30,12 @@ pub enum Method {
 }
 
 impl Method {
+    /// Whether the method lists replicas by itself (so finding fewer than expected is a
+    /// partial result); announce only hears from replicas that found us first.
+    pub fn enumerates(self) -> bool {
+        self != Method::Announce
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Scan => "scan",
@@ -41,10 +48,23 @@ impl Method {
 }
 
 /// An address some source thinks may be a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub addr: SocketAddr,
     pub method: Method,
+    /// The instance the source claims lives there (a registry row): anyone else answering
+    /// makes the claim stale, and nobody is admitted on its strength.
+    pub expect: Option<String>,
+}
+
+impl Candidate {
+    pub fn new(addr: SocketAddr, method: Method) -> Candidate {
+        Candidate {
+            addr,
+            method,
+            expect: None,
+        }
+    }
 }
 
 /// What a source says about its own work, for the discovery report.
@@ -57,6 +77,8 @@ pub struct Report {
     pub detail: String,
     /// The source ran but could not do its job (an error, not an empty result).
     pub failed: bool,
+    /// What the source saw, one line each (registry rows, DNS answers).
+    pub evidence: Vec<String>,
 }
 
 /// Every source's report, keyed by method.
@@ -89,7 +111,11 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
             continue;
         }
         // A live member at that address is already verified; the prober keeps it honest.
-        if node.membership.tag_source(candidate.addr, candidate.method) {
+        if node.membership.tag_source(
+            candidate.addr,
+            candidate.method,
+            candidate.expect.as_deref(),
+        ) {
             continue;
         }
         if !in_flight
@@ -106,9 +132,10 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
         let in_flight = in_flight.clone();
         tokio::spawn(async move {
             let verdict = verify(&node.client, &node.me, candidate.addr).await;
+            let addr = candidate.addr;
             apply(&node, candidate, verdict);
             if let Ok(mut set) = in_flight.lock() {
-                set.remove(&candidate.addr);
+                set.remove(&addr);
             }
             drop(permit);
         });
@@ -117,6 +144,15 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
 
 fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
     match verdict {
+        Verdict::Member(identity, _)
+            if candidate
+                .expect
+                .as_ref()
+                .is_some_and(|id| *id != identity.instance_id) =>
+        {
+            tracing::debug!(addr = %candidate.addr, answered_as = %identity.instance_id,
+                claimed = ?candidate.expect, "stale claim: the address answers as another instance");
+        }
         Verdict::Member(identity, rtt_ms) => {
             let addr = identity.addr;
             if node.membership.admit(identity, candidate.method, rtt_ms) == Admission::New {
@@ -127,10 +163,9 @@ fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
             let claimed = identity.addr;
             node.membership.alias(candidate.addr, identity.instance_id);
             // The replica behind the alias says where it lives: verify that directly.
-            let _ = node.candidates.try_send(Candidate {
-                addr: claimed,
-                method: candidate.method,
-            });
+            let _ = node
+                .candidates
+                .try_send(Candidate::new(claimed, candidate.method));
         }
         Verdict::Foreign(reason) => node.membership.foreign(candidate.addr, reason),
         Verdict::Myself => {}

@@ -160,7 +160,6 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
         node.reports.set(
             Method::Scan,
             Report {
-                off: None,
                 last_run: Some(Instant::now()),
                 duration: Some(duration),
                 detail: format!(
@@ -168,16 +167,13 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
                     join(&ports),
                     hits.len()
                 ),
-                failed: false,
+                ..Report::default()
             },
         );
         for addr in hits {
             if node
                 .candidates
-                .send(Candidate {
-                    addr,
-                    method: Method::Scan,
-                })
+                .send(Candidate::new(addr, Method::Scan))
                 .await
                 .is_err()
             {

@@ -72,10 +72,7 @@ pub async fn hello(
     let Json(claim) = body?;
     claimed_by_caller(&node, &claim, caller)?;
     node.candidates
-        .try_send(Candidate {
-            addr: claim.addr,
-            method: Method::Announce,
-        })
+        .try_send(Candidate::new(claim.addr, Method::Announce))
         .map_err(|_| ApiError::Unavailable("verification queue is full; try later".into()))?;
     Ok((
         StatusCode::ACCEPTED,

@@ -59,6 +59,8 @@ pub struct MethodView {
     pub last_run_ms_ago: Option<u64>,
     pub duration_ms: Option<u64>,
     pub detail: String,
+    /// What the method saw, one line each (registry rows, DNS answers).
+    pub evidence: Vec<String>,
 }
 
 fn ms_since(then: Instant, now: Instant) -> u64 {
@@ -159,7 +161,9 @@ fn method_view(
         .iter()
         .filter(|m| matches!(m.state, State::Alive | State::Suspect) && m.sources.contains(&method))
         .count();
-    let others_expected = expected.map(|e| e.saturating_sub(1) as usize);
+    let others_expected = expected
+        .filter(|_| method.enumerates())
+        .map(|e| e.saturating_sub(1) as usize);
     let status = match (&report.off, report.failed, found) {
         (Some(_), _, _) => "off",
         (None, true, _) => "fails",
@@ -178,5 +182,6 @@ fn method_view(
         last_run_ms_ago: report.last_run.map(|t| ms_since(t, now)),
         duration_ms: report.duration.map(|d| d.as_millis() as u64),
         detail,
+        evidence: report.evidence.clone(),
     }
 }
