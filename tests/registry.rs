@@ -139,10 +139,12 @@ async fn sqlite_registry_alone_finds_replicas_and_cleans_up_after_them() {
         }
     })
     .await;
+    let row_gone = killed.elapsed();
     println!(
-        "sqlite: SIGKILLed replica dead after {dead_after:?}, its row deleted after {:?} (TTL 3 s, heartbeat 1 s)",
-        killed.elapsed()
+        "sqlite: SIGKILLed replica dead after {dead_after:?}, its row deleted after {row_gone:?} (TTL 3 s, heartbeat 1 s)"
     );
+    // The contract: gone within TTL + one heartbeat (plus a second for this machine).
+    assert!(row_gone < Duration::from_secs(3 + 1 + 1), "{row_gone:?}");
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
