@@ -181,6 +181,20 @@ fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<J
     if let Some(registry) = &node.registry {
         tasks.push(tokio::spawn(registry.clone().run(node.clone())));
     }
+    let resolver = match discovery::dns::resolver(node.settings.dns_server) {
+        Ok(resolver) => Some(Arc::new(resolver)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: DNS names and seed host names cannot be looked up");
+            None
+        }
+    };
+    let hostname = sysinfo::System::host_name().ok();
+    tasks.push(tokio::spawn(discovery::dns::run(
+        node.clone(),
+        resolver.clone(),
+        hostname,
+    )));
+    tasks.push(tokio::spawn(discovery::seed::run(node.clone(), resolver)));
     tasks
 }
 

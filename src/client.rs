@@ -54,7 +54,25 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[derive(Debug, Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    /// Calls leave from the advertise address, so peers see who is calling.
+    bound: Option<(IpAddr, reqwest::Client)>,
+    /// For peers of the other address family (an IPv4 source cannot reach an IPv6 peer).
+    any: reqwest::Client,
+}
+
+fn http(local_ip: Option<IpAddr>, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .local_address(local_ip)
+        .pool_max_idle_per_host(2)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("rollcall/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .or_else(|_| reqwest::Client::builder().no_proxy().build())
+        .unwrap_or_default()
 }
 
 /// A successful identity call and its round-trip time.
@@ -66,31 +84,28 @@ pub struct Reply {
 }
 
 impl PeerClient {
-    /// `local_ip`: calls leave from this address so peers see who is calling (ignored when
-    /// the address is not on this machine).
+    /// `local_ip`: where calls leave from (ignored when the address is not on this machine).
     pub fn new(local_ip: Option<IpAddr>, timeout: Duration) -> PeerClient {
         let local_ip = local_ip
             .filter(|ip| !ip.is_unspecified() && std::net::TcpListener::bind((*ip, 0)).is_ok());
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .local_address(local_ip)
-            .pool_max_idle_per_host(2)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("rollcall/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .or_else(|_| reqwest::Client::builder().no_proxy().build())
-            .unwrap_or_default();
-        PeerClient { http }
+        PeerClient {
+            bound: local_ip.map(|ip| (ip, http(Some(ip), timeout))),
+            any: http(None, timeout),
+        }
+    }
+
+    fn for_peer(&self, addr: SocketAddr) -> &reqwest::Client {
+        match &self.bound {
+            Some((ip, client)) if ip.is_ipv4() == addr.is_ipv4() => client,
+            _ => &self.any,
+        }
     }
 
     /// `GET /api/identity` at `addr`.
     pub async fn identity(&self, addr: SocketAddr) -> Result<Reply, CallError> {
         let started = Instant::now();
         let response = self
-            .http
+            .for_peer(addr)
             .get(format!("http://{addr}/api/identity"))
             .header("accept", "application/json")
             .send()
@@ -113,7 +128,7 @@ impl PeerClient {
     /// Tells `addr` about us (`POST /api/hello`) or that we leave (`POST /api/goodbye`).
     pub async fn tell(&self, addr: SocketAddr, path: &str, me: &Identity) -> Result<(), CallError> {
         let response = self
-            .http
+            .for_peer(addr)
             .post(format!("http://{addr}{path}"))
             .json(me)
             .send()

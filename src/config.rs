@@ -3,7 +3,7 @@
 //! Doc comments on the fields are the help text. Values are parsed into their
 //! final types here, so a bad value stops start-up before anything runs.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
@@ -89,6 +89,19 @@ pub struct Settings {
     /// How many scan connects may be in flight at once.
     #[arg(long, env = "SCAN_CONCURRENCY", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub scan_concurrency: u32,
+
+    /// Comma list of DNS names whose A/AAAA records may list replicas, or `auto` (the
+    /// platform's names plus SERVICE_NAME, on a container platform or with DNS_SERVER), or `off`.
+    #[arg(long, env = "DNS_NAMES", default_value = "auto")]
+    pub dns_names: DnsNames,
+
+    /// `ip:port` of the DNS server to ask. Default: the system resolver.
+    #[arg(long, env = "DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+
+    /// Comma list of `host:port` to try as peers.
+    #[arg(long, env = "SEED_PEERS")]
+    pub seed_peers: Option<SeedPeers>,
 
     /// How often each member is probed directly, in milliseconds.
     #[arg(long, env = "PROBE_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
@@ -265,6 +278,95 @@ impl FromStr for Database {
     }
 }
 
+/// `DNS_NAMES`: which names to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsNames {
+    Auto,
+    Off,
+    List(Vec<String>),
+}
+
+impl FromStr for DnsNames {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(DnsNames::Auto),
+            "off" | "" => Ok(DnsNames::Off),
+            _ => comma_list(s, |name| {
+                if is_dns_name(name) {
+                    Ok(name.to_ascii_lowercase())
+                } else {
+                    Err(format!("'{name}' is not a DNS name"))
+                }
+            })
+            .map(DnsNames::List),
+        }
+    }
+}
+
+/// Letters, digits, hyphens and underscores in dot-separated labels of 1-63 bytes.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// One `SEED_PEERS` entry: a host (name or address) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedPeer {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for SeedPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedPeers(pub Vec<SeedPeer>);
+
+impl FromStr for SeedPeers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        comma_list(s, |item| {
+            let bad = || format!("'{item}' is not host:port");
+            if let Ok(addr) = item.parse::<SocketAddr>() {
+                return match addr.port() {
+                    0 => Err(bad()),
+                    port => Ok(SeedPeer {
+                        host: addr.ip().to_string(),
+                        port,
+                    }),
+                };
+            }
+            let (host, port) = item.rsplit_once(':').ok_or_else(bad)?;
+            let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+            if !is_dns_name(host) {
+                return Err(bad());
+            }
+            Ok(SeedPeer {
+                host: host.to_ascii_lowercase(),
+                port,
+            })
+        })
+        .map(SeedPeers)
+    }
+}
+
 /// A comma list of TCP ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(pub Vec<u16>);
@@ -420,6 +522,33 @@ mod tests {
         .unwrap();
         let err = cli.settings.validate().unwrap_err();
         assert!(err.contains("REGISTRY_TTL_SECS (5)"), "{err}");
+    }
+
+    #[test]
+    fn dns_names_and_seeds_parse() {
+        assert_eq!("auto".parse::<DnsNames>(), Ok(DnsNames::Auto));
+        assert_eq!("off".parse::<DnsNames>(), Ok(DnsNames::Off));
+        assert_eq!(
+            "rollcall.web, Peers.Internal".parse::<DnsNames>(),
+            Ok(DnsNames::List(vec![
+                "rollcall.web".into(),
+                "peers.internal".into()
+            ]))
+        );
+        assert!("bad name".parse::<DnsNames>().is_err());
+        assert!("-x.example".parse::<DnsNames>().is_err());
+        assert!("a..b".parse::<DnsNames>().is_err());
+
+        let seeds: SeedPeers = "10.0.0.5:8080, [fd00::7]:9000, peer.internal:80"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            seeds.0.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ["10.0.0.5:8080", "[fd00::7]:9000", "peer.internal:80"]
+        );
+        for bad in ["10.0.0.5", "peer:0", "peer:http", "bad host:80", ":80", ""] {
+            assert!(bad.parse::<SeedPeers>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -47,17 +47,23 @@ pub struct Platform {
     pub marker: Option<&'static str>,
 }
 
-/// Variables whose presence means "a container platform runs us", in SPEC.md's order.
-pub const PLATFORM_MARKERS: &[(&str, &str)] = &[
-    ("ROLLCALL_PLATFORM", ""),
-    ("KUBERNETES_SERVICE_HOST", "kubernetes"),
-    ("DYNO", "heroku"),
-    ("RENDER_SERVICE_NAME", "render"),
-    ("FLY_APP_NAME", "fly"),
-    ("ECS_CONTAINER_METADATA_URI_V4", "ecs"),
-    ("WEBSITE_INSTANCE_ID", "azure"),
-    ("K_SERVICE", "cloudrun"),
+/// Variables whose presence means "a container platform runs us" (SPEC.md's list): the
+/// `auto` scan needs one of them before it scans a private network.
+pub const PLATFORM_MARKERS: &[&str] = &[
+    "ROLLCALL_PLATFORM",
+    "KUBERNETES_SERVICE_HOST",
+    "DYNO",
+    "RENDER_SERVICE_NAME",
+    "FLY_APP_NAME",
+    "ECS_CONTAINER_METADATA_URI_V4",
+    "WEBSITE_INSTANCE_ID",
+    "K_SERVICE",
 ];
+
+/// Variables Dokku sets in an app's environment, and Heroku does not.
+const DOKKU_VARS: &[&str] = &["DOKKU_APP_TYPE", "DOKKU_PROXY_PORT", "DOKKU_APP_NAME"];
+/// Variables only Heroku sets (dyno metadata).
+const HEROKU_VARS: &[&str] = &["HEROKU_DYNO_ID", "HEROKU_APP_NAME", "HEROKU_APP_ID"];
 
 /// Reads one environment variable; tests pass their own.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -66,34 +72,51 @@ pub fn process_env(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.trim().is_empty())
 }
 
+fn any_set(env: Env, vars: &[&str]) -> bool {
+    vars.iter().any(|v| env(v).is_some())
+}
+
 impl Platform {
     pub fn detect(env: Env) -> Platform {
-        for &(var, name) in PLATFORM_MARKERS {
-            if let Some(value) = env(var) {
-                let name = if var == "ROLLCALL_PLATFORM" {
-                    // Our own app spec names the platform; keep the names we know.
-                    match value.to_ascii_lowercase().as_str() {
-                        "digitalocean" | "do" | "app-platform" => "digitalocean",
-                        "kubernetes" => "kubernetes",
-                        "dokku" => "dokku",
-                        "heroku" => "heroku",
-                        "render" => "render",
-                        "fly" => "fly",
-                        "azure" => "azure",
-                        _ => "container",
-                    }
-                } else {
-                    name
-                };
-                return Platform {
-                    name,
-                    marker: Some(var),
-                };
+        let Some(marker) = PLATFORM_MARKERS.iter().copied().find(|v| env(v).is_some()) else {
+            return Platform {
+                name: "local",
+                marker: None,
+            };
+        };
+        let name = match marker {
+            // Our own app specs name the platform.
+            "ROLLCALL_PLATFORM" => {
+                match env(marker)
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "digitalocean" | "do" | "app-platform" => "digitalocean",
+                    "kubernetes" | "k8s" => "kubernetes",
+                    "dokku" => "dokku",
+                    "heroku" => "heroku",
+                    "render" => "render",
+                    "fly" => "fly",
+                    "azure" => "azure",
+                    "cloudrun" => "cloudrun",
+                    "ecs" => "ecs",
+                    _ => "container",
+                }
             }
-        }
+            "KUBERNETES_SERVICE_HOST" => "kubernetes",
+            // Dokku runs Heroku's buildpacks and sets DYNO the same way.
+            "DYNO" if any_set(env, DOKKU_VARS) && !any_set(env, HEROKU_VARS) => "dokku",
+            "DYNO" => "heroku",
+            "RENDER_SERVICE_NAME" => "render",
+            "FLY_APP_NAME" => "fly",
+            "ECS_CONTAINER_METADATA_URI_V4" => "ecs",
+            "WEBSITE_INSTANCE_ID" => "azure",
+            _ => "cloudrun",
+        };
         Platform {
-            name: "local",
-            marker: None,
+            name,
+            marker: Some(marker),
         }
     }
 
@@ -102,14 +125,15 @@ impl Platform {
     }
 }
 
-/// The platform's own name for this replica, if it gives one.
+/// The platform's own name for this replica, if it gives one. (Cloud Run's K_REVISION is
+/// shared by every instance, so it is no name for one.)
 fn platform_instance_name(env: Env) -> Option<String> {
     [
         "POD_NAME",
         "FLY_MACHINE_ID",
         "RENDER_INSTANCE_ID",
         "DYNO",
-        "K_REVISION",
+        "WEBSITE_INSTANCE_ID",
     ]
     .iter()
     .find_map(|v| env(v))
@@ -120,6 +144,8 @@ fn platform_service_name(env: Env) -> Option<String> {
     [
         "FLY_APP_NAME",
         "RENDER_SERVICE_NAME",
+        "HEROKU_APP_NAME",
+        "DOKKU_APP_NAME",
         "WEBSITE_SITE_NAME",
         "K_SERVICE",
     ]
@@ -193,12 +219,14 @@ impl Me {
         let name = settings
             .instance_name
             .clone()
+            .filter(|n| !n.trim().is_empty())
             .or_else(|| platform_instance_name(env))
             .or_else(hostname)
             .unwrap_or_else(|| "rollcall".into());
         let service = settings
             .service_name
             .clone()
+            .filter(|n| !n.trim().is_empty())
             .or_else(|| platform_service_name(env))
             .unwrap_or_else(|| "rollcall".into());
         let addr = SocketAddr::new(advertise_ip(settings, env), settings.port);
@@ -287,6 +315,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Environment variables for one case.
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
             .iter()
@@ -297,20 +328,131 @@ mod tests {
 
     #[test]
     fn platform_detection() {
-        assert_eq!(Platform::detect(&env_of(&[])).name, "local");
-        let p = Platform::detect(&env_of(&[("ROLLCALL_PLATFORM", "digitalocean")]));
-        assert_eq!(
-            (p.name, p.marker),
-            ("digitalocean", Some("ROLLCALL_PLATFORM"))
-        );
-        assert_eq!(
-            Platform::detect(&env_of(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).name,
-            "kubernetes"
-        );
-        assert_eq!(
-            Platform::detect(&env_of(&[("FLY_APP_NAME", "x")])).name,
-            "fly"
-        );
+        let cases: &[(Vars, &str, Option<&str>)] = &[
+            (&[], "local", None),
+            (
+                &[("ROLLCALL_PLATFORM", "digitalocean")],
+                "digitalocean",
+                Some("ROLLCALL_PLATFORM"),
+            ),
+            (
+                &[("ROLLCALL_PLATFORM", "dokku"), ("DYNO", "web.1")],
+                "dokku",
+                Some("ROLLCALL_PLATFORM"),
+            ),
+            (
+                &[("ROLLCALL_PLATFORM", "something-new")],
+                "container",
+                Some("ROLLCALL_PLATFORM"),
+            ),
+            (
+                &[
+                    ("KUBERNETES_SERVICE_HOST", "10.245.0.1"),
+                    ("POD_IP", "10.244.6.12"),
+                    ("POD_NAME", "web-7d-x"),
+                ],
+                "kubernetes",
+                Some("KUBERNETES_SERVICE_HOST"),
+            ),
+            (&[("DYNO", "web.1")], "heroku", Some("DYNO")),
+            (
+                &[("DYNO", "web.1"), ("HEROKU_DYNO_ID", "1vac4117")],
+                "heroku",
+                Some("DYNO"),
+            ),
+            (
+                &[("DYNO", "web.2"), ("DOKKU_APP_TYPE", "herokuish")],
+                "dokku",
+                Some("DYNO"),
+            ),
+            (
+                &[
+                    ("RENDER_SERVICE_NAME", "chat"),
+                    ("RENDER_INSTANCE_ID", "srv-abc-5d"),
+                ],
+                "render",
+                Some("RENDER_SERVICE_NAME"),
+            ),
+            (
+                &[
+                    ("FLY_APP_NAME", "chat"),
+                    ("FLY_MACHINE_ID", "e82d"),
+                    ("FLY_PRIVATE_IP", "fdaa::3"),
+                ],
+                "fly",
+                Some("FLY_APP_NAME"),
+            ),
+            (
+                &[
+                    ("WEBSITE_INSTANCE_ID", "a1b2"),
+                    ("WEBSITE_SITE_NAME", "chat"),
+                ],
+                "azure",
+                Some("WEBSITE_INSTANCE_ID"),
+            ),
+            (
+                &[("K_SERVICE", "chat"), ("K_REVISION", "chat-00001")],
+                "cloudrun",
+                Some("K_SERVICE"),
+            ),
+            (
+                &[("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/x")],
+                "ecs",
+                Some("ECS_CONTAINER_METADATA_URI_V4"),
+            ),
+        ];
+        for (vars, name, marker) in cases {
+            let p = Platform::detect(&env_of(vars));
+            assert_eq!((p.name, p.marker), (*name, *marker), "{vars:?}");
+        }
+    }
+
+    #[test]
+    fn names_come_from_each_platform() {
+        use clap::Parser;
+        let settings = Settings::try_parse_from(["x", "--bind-addr", "0.0.0.0"]).unwrap();
+        let cases: &[(Vars, &str, &str)] = &[
+            (
+                &[
+                    ("KUBERNETES_SERVICE_HOST", "h"),
+                    ("POD_NAME", "web-7d-x"),
+                    ("POD_IP", "10.244.6.12"),
+                ],
+                "web-7d-x",
+                "rollcall",
+            ),
+            (
+                &[("DYNO", "web.3"), ("HEROKU_APP_NAME", "chat")],
+                "web.3",
+                "chat",
+            ),
+            (
+                &[
+                    ("RENDER_SERVICE_NAME", "chat"),
+                    ("RENDER_INSTANCE_ID", "srv-1"),
+                ],
+                "srv-1",
+                "chat",
+            ),
+            (
+                &[
+                    ("WEBSITE_INSTANCE_ID", "a1b2"),
+                    ("WEBSITE_SITE_NAME", "chat"),
+                ],
+                "a1b2",
+                "chat",
+            ),
+        ];
+        for (vars, name, service) in cases {
+            let me = Me::new(&settings, &env_of(vars));
+            assert_eq!(
+                (me.identity().name.as_str(), me.service()),
+                (*name, *service),
+                "{vars:?}"
+            );
+        }
+        let k8s = Me::new(&settings, &env_of(cases[0].0));
+        assert_eq!(k8s.addr(), "10.244.6.12:8080".parse().unwrap());
     }
 
     #[test]

@@ -46,8 +46,10 @@ function memberHtml(m) {
 function methodHtml(d) {
   let run = "";
   if (d.last_run_ms_ago != null) run = ago(d.last_run_ms_ago) + (d.duration_ms != null ? ` · took ${d.duration_ms} ms` : "");
-  const evidence = d.evidence.length ? `<ul class="evidence">${d.evidence.map((e) => `<li>${esc(e)}</li>`).join("")}</ul>` : "";
-  return `<tr><td>${esc(d.method)}</td><td><span class="st st-${esc(d.status)}">${esc(d.status)}</span></td><td>${d.found}</td><td>${esc(d.detail)}${evidence}<div class="muted">${run}</div></td></tr>`;
+  const evidence = d.evidence
+    .map((e) => `<tr class="evidence"><td>↳</td><td><span class="st st-${esc(e.status)}">${esc(e.status)}</span></td><td></td><td><code>${esc(e.subject)}</code> ${esc(e.detail)}</td></tr>`)
+    .join("");
+  return `<tr><td>${esc(d.method)}</td><td><span class="st st-${esc(d.status)}">${esc(d.status)}</span></td><td>${d.found}</td><td>${esc(d.detail)}<div class="muted">${run}</div></td></tr>${evidence}`;
 }
 
 function notMembersHtml(s) {
@@ -67,6 +69,7 @@ function render(s) {
   $("served-id").textContent = "…" + me.instance_id.slice(-6);
   $("served-up").textContent = me.system.uptime_secs;
   document.title = me.name + " · rollcall";
+  $("verdict").textContent = s.verdict;
   const alive = s.members.filter((m) => m.state === "alive").length;
   $("found").textContent = s.expected_replicas ? `${alive} / ${s.expected_replicas}` : String(alive);
   $("members").innerHTML = s.members.map(memberHtml).join("");

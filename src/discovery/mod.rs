@@ -4,8 +4,10 @@
 //! Adding a method means adding a file here that sends [`Candidate`]s and fills in its
 //! [`Report`].
 
+pub mod dns;
 pub mod registry;
 pub mod scan;
+pub mod seed;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::app::Node;
-use crate::membership::Admission;
+use crate::membership::{Admission, Snapshot, State};
 use crate::verify::{Verdict, verify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -77,8 +79,71 @@ pub struct Report {
     pub detail: String,
     /// The source ran but could not do its job (an error, not an empty result).
     pub failed: bool,
-    /// What the source saw, one line each (registry rows, DNS answers).
-    pub evidence: Vec<String>,
+    /// What the source saw, one line each (registry rows, DNS answers, seeds).
+    pub evidence: Vec<Evidence>,
+}
+
+/// One observation behind a method's status: a registry row, a DNS name, a seed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub subject: String,
+    /// works, partial, fails or off, like the methods themselves.
+    pub status: &'static str,
+    pub detail: String,
+}
+
+/// How long sources that judge their own candidates wait for verification to finish
+/// (each verification is one call bounded by the probe timeout).
+pub const SETTLE: Duration = Duration::from_millis(1500);
+
+/// What became of a set of addresses one name or seed stands for: all replicas (a peer
+/// list), a load-balanced address (answers as several replicas), or nothing useful.
+pub fn classify(
+    answers: &[SocketAddr],
+    snapshot: &Snapshot,
+    me: SocketAddr,
+) -> (&'static str, String) {
+    let is_replica = |a: &SocketAddr| {
+        *a == me
+            || snapshot
+                .members
+                .iter()
+                .any(|m| m.identity.addr == *a && matches!(m.state, State::Alive | State::Suspect))
+    };
+    let replicas = answers.iter().filter(|a| is_replica(a)).count();
+    let balanced: Vec<usize> = answers
+        .iter()
+        .filter_map(|a| snapshot.aliases.iter().find(|(addr, _)| addr == a))
+        .map(|(_, alias)| alias.answered_as.len())
+        .collect();
+    let foreign = answers
+        .iter()
+        .filter(|a| snapshot.foreign.iter().any(|(addr, _)| addr == *a))
+        .count();
+    let list = answers
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (answers.len(), replicas) {
+        (0, _) => ("fails", "no addresses".into()),
+        (n, r) if r == n && r >= 2 => ("works", format!("{list}: lists {r} replicas")),
+        (1, 1) if answers[0] == me => ("partial", format!("{list}: only this replica")),
+        (1, 1) => ("works", format!("{list}: a replica")),
+        _ if !balanced.is_empty() => (
+            "partial",
+            format!(
+                "{list}: load-balanced address, answered as {} replica(s) so far; not a peer list",
+                balanced.iter().max().copied().unwrap_or(0)
+            ),
+        ),
+        (n, r) if r > 0 => (
+            "partial",
+            format!("{list}: {r} of {n} addresses are replicas"),
+        ),
+        _ if foreign > 0 => ("fails", format!("{list}: not this service (foreign)")),
+        _ => ("fails", format!("{list}: no replica answered")),
+    }
 }
 
 /// Every source's report, keyed by method.
@@ -133,6 +198,9 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
         tokio::spawn(async move {
             let verdict = verify(&node.client, &node.me, candidate.addr).await;
             let addr = candidate.addr;
+            if matches!(verdict, Verdict::Alias(_)) {
+                sample_alias(&node, addr).await;
+            }
             apply(&node, candidate, verdict);
             if let Ok(mut set) = in_flight.lock() {
                 set.remove(&addr);
@@ -171,6 +239,22 @@ fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
         Verdict::Myself => {}
         Verdict::Unreachable(why) => {
             tracing::debug!(addr = %candidate.addr, %why, "candidate unreachable");
+        }
+    }
+}
+
+/// Calls made to an alias in a row: a load balancer shows itself by answering as
+/// different replicas on different calls.
+const ALIAS_SAMPLES: usize = 3;
+
+/// Asks an alias again, recording every replica it answers as.
+async fn sample_alias(node: &Node, addr: SocketAddr) {
+    for _ in 1..ALIAS_SAMPLES {
+        match node.client.identity(addr).await {
+            Ok(reply) if reply.identity.service == node.me.service() => {
+                node.membership.alias(addr, reply.identity.instance_id);
+            }
+            _ => return,
         }
     }
 }

@@ -16,7 +16,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
-use super::{Candidate, Method, Report};
+use super::{Candidate, Evidence, Method, Report};
 use crate::app::Node;
 use crate::config::{Database, DatabaseUrl};
 use crate::identity::Identity;
@@ -284,12 +284,23 @@ impl Registry {
             .iter()
             .map(|c| {
                 let age = format!("{:.1} s", c.age_ms as f64 / 1000.0);
-                let name = crate::verify::clip(&c.name);
-                let addr = crate::verify::clip(&c.addr);
+                let subject = format!(
+                    "{} {}",
+                    crate::verify::clip(&c.name),
+                    crate::verify::clip(&c.addr)
+                );
                 if self.is_fresh(c) {
-                    format!("{name} {addr}: heartbeat {age} ago")
+                    Evidence {
+                        subject,
+                        status: "works",
+                        detail: format!("heartbeat {age} ago"),
+                    }
                 } else {
-                    format!("{name} {addr}: stale ({age} old), deleted")
+                    Evidence {
+                        subject,
+                        status: "fails",
+                        detail: format!("stale ({age} old): ignored and deleted"),
+                    }
                 }
             })
             .collect();

@@ -7,12 +7,14 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::app::Node;
-use crate::discovery::{Method, Report};
+use crate::discovery::{Evidence, Method, Report};
 use crate::identity::{Identity, SystemFigures};
 use crate::membership::{Member, State};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// One sentence: can replicas talk directly, and what found them.
+    pub verdict: String,
     #[serde(rename = "self")]
     pub me: Identity,
     pub members: Vec<MemberView>,
@@ -22,7 +24,7 @@ pub struct Status {
     pub expected_replicas: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct MemberView {
     pub instance_id: String,
     pub name: String,
@@ -59,8 +61,8 @@ pub struct MethodView {
     pub last_run_ms_ago: Option<u64>,
     pub duration_ms: Option<u64>,
     pub detail: String,
-    /// What the method saw, one line each (registry rows, DNS answers).
-    pub evidence: Vec<String>,
+    /// What the method saw, one line each (registry rows, DNS names, seeds).
+    pub evidence: Vec<Evidence>,
 }
 
 fn ms_since(then: Instant, now: Instant) -> u64 {
@@ -85,7 +87,7 @@ impl Status {
             error: None,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
-        let discovery = node
+        let discovery: Vec<MethodView> = node
             .reports
             .all()
             .into_iter()
@@ -100,6 +102,7 @@ impl Status {
             })
             .collect();
         Status {
+            verdict: verdict(&members, &discovery),
             me,
             members,
             foreign: snapshot
@@ -183,5 +186,106 @@ fn method_view(
         duration_ms: report.duration.map(|d| d.as_millis() as u64),
         detail,
         evidence: report.evidence.clone(),
+    }
+}
+
+/// The answer to the page's question, from the member table and the report.
+pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
+    let others: Vec<&MemberView> = members.iter().filter(|m| !m.is_self).collect();
+    let reachable = others.iter().filter(|m| m.state == State::Alive).count();
+    let mut parts = vec![match (others.len(), reachable) {
+        (0, _) => "No other replica found yet".to_string(),
+        (_, 0) => "Replicas know of each other but cannot call each other directly".to_string(),
+        (n, r) if r == n => format!("Replicas can call each other directly ({r} reachable)"),
+        (n, r) => format!("Replicas can call each other directly ({r} of {n} reachable)"),
+    }];
+    let working: Vec<&str> = discovery
+        .iter()
+        .filter(|d| d.status == "works")
+        .map(|d| d.method.as_str())
+        .collect();
+    if !working.is_empty() {
+        parts.push(format!("found by {}", join_and(&working)));
+    }
+    if let Some(dns) = discovery
+        .iter()
+        .find(|d| d.method == Method::Dns && d.status != "off")
+    {
+        parts.push(if dns.found > 0 {
+            "a DNS name lists them".into()
+        } else {
+            "no DNS name lists them".into()
+        });
+    }
+    format!("{}.", parts.join("; "))
+}
+
+fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(is_self: bool, state: State) -> MemberView {
+        MemberView {
+            instance_id: "x".into(),
+            name: "x".into(),
+            addr: "127.0.0.2:80".parse().unwrap(),
+            is_self,
+            state,
+            sources: vec![],
+            rtt_ms: None,
+            last_seen_ms_ago: 0,
+            system: Default::default(),
+            error: None,
+        }
+    }
+
+    fn method(method: Method, status: &'static str, found: usize) -> MethodView {
+        MethodView {
+            method,
+            status,
+            found,
+            last_run_ms_ago: None,
+            duration_ms: None,
+            detail: String::new(),
+            evidence: vec![],
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let me = member(true, State::Alive);
+        let report = [
+            method(Method::Scan, "works", 2),
+            method(Method::Registry, "works", 2),
+            method(Method::Dns, "fails", 0),
+            method(Method::Seed, "off", 0),
+        ];
+        let three = [
+            me.clone(),
+            member(false, State::Alive),
+            member(false, State::Alive),
+        ];
+        assert_eq!(
+            verdict(&three, &report),
+            "Replicas can call each other directly (2 reachable); found by scan and registry; no DNS name lists them."
+        );
+        let isolated = [
+            me.clone(),
+            member(false, State::Dead),
+            member(false, State::Suspect),
+        ];
+        assert!(
+            verdict(&isolated, &report[1..2])
+                .starts_with("Replicas know of each other but cannot call each other directly")
+        );
+        assert_eq!(verdict(&[me], &[]), "No other replica found yet.");
     }
 }

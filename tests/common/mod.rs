@@ -71,6 +71,25 @@ impl Replica {
         Replica { child, addr }
     }
 
+    /// A replica bound to any address (IPv6 included).
+    pub fn start_on(ip: std::net::IpAddr, port: u16, extra: &[(&str, &str)]) -> Replica {
+        let bind = ip.to_string();
+        let mut env = vec![("BIND_ADDR", bind.as_str()), ("INSTANCE_NAME", "r-v6")];
+        env.extend_from_slice(extra);
+        let mut replica = Replica::start(2, port, &env);
+        replica.addr = SocketAddr::new(ip, port);
+        replica
+    }
+
+    /// A handle on a replica some other process started (the demo's); never killed by us.
+    pub fn attach(last: u8, port: u16) -> std::mem::ManuallyDrop<Replica> {
+        let child = Command::new("true").spawn().expect("a placeholder process");
+        std::mem::ManuallyDrop::new(Replica {
+            child,
+            addr: SocketAddr::from((ip(last), port)),
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -185,20 +204,28 @@ pub async fn alive_addrs(replica: &Replica) -> Result<Vec<String>, String> {
 
 pub async fn wait_until_all_see(replicas: &[&Replica]) -> Duration {
     let start = Instant::now();
-    let mut want: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
-    want.sort();
     for r in replicas {
-        eventually(&format!("{} to list all alive", r.addr), || async {
-            let alive = alive_addrs(r).await?;
-            if alive == want {
-                Ok(())
-            } else {
-                Err(format!("{alive:?}"))
-            }
-        })
-        .await;
+        wait_until_lists(r, replicas).await;
     }
     start.elapsed()
+}
+
+/// Waits until `replica` lists exactly `alive` as its alive members (itself included).
+pub async fn wait_until_lists(replica: &Replica, alive: &[&Replica]) {
+    let mut want: Vec<String> = alive.iter().map(|r| r.addr.to_string()).collect();
+    want.sort();
+    eventually(
+        &format!("{} to list {want:?} alive", replica.addr),
+        || async {
+            let seen = alive_addrs(replica).await?;
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await
 }
 
 pub async fn identity_of(replica: &Replica) -> Value {
@@ -253,3 +280,4 @@ pub async fn instance_id(replica: &Replica) -> String {
         .unwrap_or_default()
         .to_string()
 }
+pub mod dnsmasq;

@@ -1,0 +1,303 @@
+//! The DNS source: names whose A/AAAA records may list replicas (Dokku's `<app>.web`,
+//! Kubernetes headless services, Fly's `<app>.internal`, Render's discovery host), plus
+//! per-replica probes (StatefulSet-style `<service>-0`, this replica's hostname) whose
+//! answers, NXDOMAIN included, are themselves the finding.
+//!
+//! Every answer becomes a candidate; after verification each name is judged: a peer list,
+//! a load-balanced service address (an alias), or nothing useful.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{Resolver, TokioResolver};
+
+use super::{Candidate, Evidence, Method, Report, SETTLE, classify};
+use crate::app::Node;
+use crate::config::{DnsNames, Settings, is_dns_name};
+use crate::identity::{Env, Me};
+
+/// How often names are resolved again.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+/// StatefulSet-style names probed at most, whatever EXPECTED_REPLICAS says.
+const MAX_ORDINALS: u32 = 10;
+
+/// A resolver that asks `server` only, or the system's resolver. It reads no hosts file:
+/// the question is what DNS says.
+pub fn resolver(server: Option<SocketAddr>) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match server {
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            Resolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], vec![ns]),
+                provider,
+            )
+        }
+        None => Resolver::builder(provider).map_err(|e| format!("no system resolver: {e}"))?,
+    };
+    let options: &mut ResolverOpts = builder.options_mut();
+    options.use_hosts_file = ResolveHosts::Never;
+    options.timeout = Duration::from_secs(2);
+    options.attempts = 1;
+    // Fresh answers every round: replicas come and go faster than TTLs.
+    options.positive_max_ttl = Some(Duration::from_secs(1));
+    options.negative_max_ttl = Some(Duration::from_secs(1));
+    builder.build().map_err(|e| format!("resolver: {e}"))
+}
+
+/// The names to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Names that may list every replica.
+    pub lists: Vec<String>,
+    /// Per-replica names, resolved as evidence.
+    pub probes: Vec<String>,
+}
+
+/// Decides what to resolve, or why nothing. `auto` resolves only on a container platform
+/// or against an explicit DNS_SERVER: elsewhere the system resolver belongs to someone else.
+pub fn plan(
+    settings: &Settings,
+    me: &Me,
+    hostname: Option<String>,
+    env: Env,
+) -> Result<Plan, String> {
+    let service = me.service().to_ascii_lowercase();
+    let lists = match &settings.dns_names {
+        DnsNames::Off => return Err("DNS_NAMES=off".into()),
+        DnsNames::List(names) => names.clone(),
+        DnsNames::Auto if !me.platform.is_container() && settings.dns_server.is_none() => {
+            return Err(
+                "not on a container platform: set DNS_NAMES (and DNS_SERVER) to resolve names here"
+                    .into(),
+            );
+        }
+        DnsNames::Auto => {
+            let mut names = Vec::new();
+            names.extend(env("RENDER_DISCOVERY_SERVICE"));
+            names.extend(env("FLY_APP_NAME").map(|app| format!("{app}.internal")));
+            if me.platform.name == "dokku" {
+                // Dokku gives every container of APP's process type the alias APP.PROC_TYPE.
+                let proc_type = env("DYNO")
+                    .and_then(|d| d.split('.').next().map(str::to_string))
+                    .unwrap_or_else(|| "web".into());
+                names.push(format!("{service}.{proc_type}"));
+            }
+            names.push(service.clone());
+            names
+        }
+    };
+    let ordinals = settings.expected_replicas.unwrap_or(3).min(MAX_ORDINALS);
+    let mut probes: Vec<String> = (0..ordinals).map(|i| format!("{service}-{i}")).collect();
+    probes.extend(hostname.map(|h| h.to_ascii_lowercase()));
+    let mut lists = dedup(lists);
+    lists.retain(|n| is_dns_name(n));
+    let mut probes = dedup(probes);
+    probes.retain(|n| is_dns_name(n) && !lists.contains(n));
+    Ok(Plan { lists, probes })
+}
+
+fn dedup(names: Vec<String>) -> Vec<String> {
+    let mut seen = Vec::with_capacity(names.len());
+    for n in names {
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    seen
+}
+
+/// A lookup's outcome: addresses, or why there are none.
+pub async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Vec<IpAddr>, String> {
+    match resolver.lookup_ip(name).await {
+        Ok(found) => {
+            let mut ips: Vec<IpAddr> = found.iter().collect();
+            ips.sort();
+            ips.dedup();
+            Ok(ips)
+        }
+        Err(e) if e.is_nx_domain() => Err("NXDOMAIN".into()),
+        Err(e) if e.is_no_records_found() => Err("no A/AAAA records".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>, hostname: Option<String>) {
+    let plan = plan(
+        &node.settings,
+        &node.me,
+        hostname,
+        &crate::identity::process_env,
+    )
+    .and_then(|plan| {
+        resolver
+            .map(|r| (plan, r))
+            .ok_or_else(|| "no DNS resolver available".into())
+    });
+    let (plan, resolver) = match plan {
+        Ok(found) => found,
+        Err(why) => {
+            node.reports.set(
+                Method::Dns,
+                Report {
+                    off: Some(why),
+                    ..Report::default()
+                },
+            );
+            return;
+        }
+    };
+    let server = node
+        .settings
+        .dns_server
+        .map_or("the system resolver".to_string(), |s| s.to_string());
+    let port = node.settings.port;
+    loop {
+        let started = Instant::now();
+        let names: Vec<(&String, bool)> = plan
+            .lists
+            .iter()
+            .map(|n| (n, true))
+            .chain(plan.probes.iter().map(|n| (n, false)))
+            .collect();
+        let answers = join_all(names.iter().map(|(name, _)| lookup(&resolver, name))).await;
+        let duration = started.elapsed();
+        for ips in answers.iter().flatten() {
+            for ip in ips {
+                let candidate = Candidate::new(SocketAddr::new(*ip, port), Method::Dns);
+                if node.candidates.send(candidate).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        let snapshot = node.membership.snapshot();
+        let evidence: Vec<Evidence> = names
+            .iter()
+            .zip(&answers)
+            .map(|((name, is_list), answer)| {
+                let subject = if *is_list {
+                    (*name).clone()
+                } else {
+                    format!("{name} (per-replica name)")
+                };
+                let (status, detail) = match answer {
+                    Ok(ips) => {
+                        let addrs: Vec<SocketAddr> =
+                            ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+                        let (status, detail) = classify(&addrs, &snapshot, node.me.addr());
+                        (status, detail)
+                    }
+                    Err(why) => ("fails", why.clone()),
+                };
+                Evidence {
+                    subject,
+                    status,
+                    detail,
+                }
+            })
+            .collect();
+        let listing = evidence
+            .iter()
+            .filter(|e| e.status == "works" && !e.subject.ends_with(')'))
+            .count();
+        node.reports.set(
+            Method::Dns,
+            Report {
+                last_run: Some(Instant::now()),
+                duration: Some(duration),
+                detail: format!(
+                    "{} name(s) and {} per-replica probe(s) via {server} every {} s; {}",
+                    plan.lists.len(),
+                    plan.probes.len(),
+                    INTERVAL.as_secs(),
+                    match listing {
+                        0 => "no name lists the replicas".to_string(),
+                        n => format!("{n} name(s) list the replicas"),
+                    }
+                ),
+                evidence,
+                ..Report::default()
+            },
+        );
+        tokio::time::sleep(INTERVAL.saturating_sub(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn plan_for(args: &[&str], vars: &[(&str, &str)]) -> Result<Plan, String> {
+        let mut argv = vec!["rollcall", "--bind-addr", "127.0.0.2"];
+        argv.extend_from_slice(args);
+        let settings = Settings::try_parse_from(argv).unwrap();
+        let env = env_of(vars);
+        let me = Me::new(&settings, &env);
+        plan(&settings, &me, Some("host-1".into()), &env)
+    }
+
+    #[test]
+    fn auto_names_come_from_the_platform() {
+        let fly = plan_for(&[], &[("FLY_APP_NAME", "chat")]).unwrap();
+        assert_eq!(fly.lists, ["chat.internal", "chat"]);
+        assert_eq!(fly.probes, ["chat-0", "chat-1", "chat-2", "host-1"]);
+
+        let render = plan_for(
+            &["--expected-replicas", "2"],
+            &[
+                ("RENDER_SERVICE_NAME", "chat"),
+                ("RENDER_DISCOVERY_SERVICE", "chat-discovery"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(render.lists, ["chat-discovery", "chat"]);
+        assert_eq!(render.probes, ["chat-0", "chat-1", "host-1"]);
+
+        let dokku = plan_for(
+            &["--service-name", "rollcall"],
+            &[("ROLLCALL_PLATFORM", "dokku"), ("DYNO", "web.2")],
+        )
+        .unwrap();
+        assert_eq!(dokku.lists, ["rollcall.web", "rollcall"]);
+
+        let k8s = plan_for(&[], &[("KUBERNETES_SERVICE_HOST", "10.245.0.1")]).unwrap();
+        assert_eq!(k8s.lists, ["rollcall"]);
+    }
+
+    #[test]
+    fn auto_stays_off_the_system_resolver_outside_a_platform() {
+        let why = plan_for(&[], &[]).unwrap_err();
+        assert!(why.contains("not on a container platform"), "{why}");
+        // An explicit server (a test's, say) is fine.
+        let plan = plan_for(&["--dns-server", "127.0.0.1:5353"], &[]).unwrap();
+        assert_eq!(plan.lists, ["rollcall"]);
+        // Explicit names are used as given.
+        let plan = plan_for(&["--dns-names", "peers.test"], &[]).unwrap();
+        assert_eq!(plan.lists, ["peers.test"]);
+        assert_eq!(
+            plan_for(&["--dns-names", "off"], &[]).unwrap_err(),
+            "DNS_NAMES=off"
+        );
+    }
+}

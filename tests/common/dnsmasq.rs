@@ -1,0 +1,67 @@
+//! A real DNS server for one test: Debian's dnsmasq on 127.0.0.1 at a free port, answering
+//! only the records the test gives it (no upstream, no hosts file), stopped when dropped.
+//! Names under `.test` that it does not know get NXDOMAIN.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Dnsmasq {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    /// `records`: (name, address) pairs; a name may appear several times.
+    pub fn start(records: &[(&str, &str)]) -> Dnsmasq {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free UDP port");
+        let mut cmd = Command::new(
+            ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .expect("dnsmasq is needed (scripts/test installs dnsmasq-base)"),
+        );
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--local=/test/",
+        ])
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        for (name, addr) in records {
+            cmd.arg(format!("--host-record={name},{addr}"));
+        }
+        let child = cmd.spawn().expect("start dnsmasq");
+        let dns = Dnsmasq {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        // Ready when the port is taken.
+        let start = Instant::now();
+        while UdpSocket::bind(dns.addr).is_ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dns
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
