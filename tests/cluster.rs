@@ -383,6 +383,14 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
         ["replica-1", "replica-2", "replica-3"]
     );
 
+    // Scan and registry both found the others, even when both reported an address at once.
+    let first = Replica::attach(2, port);
+    for other in [3, 4] {
+        let id = instance_id(&Replica::attach(other, port)).await;
+        wait_for_source(&first, &id, "scan").await;
+        wait_for_source(&first, &id, "registry").await;
+    }
+
     // The front door is found by the scan too, and is recognised as a load-balanced alias.
     eventually("front door listed as an alias", || async {
         let s = get_json(&format!("http://127.0.0.2:{port}/api/status"))

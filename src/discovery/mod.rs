@@ -9,7 +9,7 @@ pub mod registry;
 pub mod scan;
 pub mod seed;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,9 +167,13 @@ pub const QUEUE: usize = 4096;
 /// Verifications in flight at once: each is one short HTTP call.
 const VERIFY_CONCURRENCY: usize = 64;
 
+/// Candidates for an address already being verified, kept to credit their sources too.
+const MAX_WAITING: usize = 8;
+
 /// Verifies candidates until the channel closes.
 pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candidate>) {
-    let in_flight: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    // Address being verified → candidates for it that arrived meanwhile.
+    let in_flight: Arc<Mutex<HashMap<SocketAddr, Vec<Candidate>>>> = Arc::default();
     let permits = Arc::new(Semaphore::new(VERIFY_CONCURRENCY));
     while let Some(candidate) = candidates.recv().await {
         if candidate.addr == node.me.addr() {
@@ -183,11 +187,22 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
         ) {
             continue;
         }
-        if !in_flight
-            .lock()
-            .map(|mut set| set.insert(candidate.addr))
-            .unwrap_or(false)
-        {
+        let first = match in_flight.lock() {
+            Ok(mut map) => match map.get_mut(&candidate.addr) {
+                Some(waiting) => {
+                    if waiting.len() < MAX_WAITING {
+                        waiting.push(candidate.clone());
+                    }
+                    false
+                }
+                None => {
+                    map.insert(candidate.addr, Vec::new());
+                    true
+                }
+            },
+            Err(_) => false,
+        };
+        if !first {
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -202,8 +217,15 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
                 sample_alias(&node, addr).await;
             }
             apply(&node, candidate, verdict);
-            if let Ok(mut set) = in_flight.lock() {
-                set.remove(&addr);
+            let waiting = in_flight
+                .lock()
+                .ok()
+                .and_then(|mut map| map.remove(&addr))
+                .unwrap_or_default();
+            // Sources that found the same address while it was being verified.
+            for other in waiting {
+                node.membership
+                    .tag_source(other.addr, other.method, other.expect.as_deref());
             }
             drop(permit);
         });
