@@ -343,14 +343,16 @@ fn a_bad_setting_stops_start_up_with_one_line() {
 #[tokio::test]
 async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
     let port = free_port();
-    let mut demo = Command::new(BIN)
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .args(["demo", "--replicas", "3", "--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
+    let mut demo = Guard(
+        Command::new(BIN)
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .args(["demo", "--replicas", "3", "--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo"),
+    );
     let front = format!("http://127.0.0.1:{port}");
 
     // Every replica answers through the front door, in turn, and each sees all three.
@@ -406,13 +408,14 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
     .await;
 
     let _ = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
+        .args(["-INT", &demo.0.id().to_string()])
         .status();
-    let status = exited(&mut demo, "demo").await;
+    let status = exited(&mut demo.0, "demo").await;
     assert!(status.success(), "{status:?}");
     let mut out = String::new();
     use std::io::Read;
-    demo.stdout
+    demo.0
+        .stdout
         .take()
         .unwrap()
         .read_to_string(&mut out)

@@ -107,16 +107,18 @@ async fn a_service_name_that_points_at_the_load_balancer_is_an_alias_not_a_peer_
     // The demo's front door on 127.0.0.1 round-robins over the replicas, like a
     // platform's service IP; the service name resolves to it alone.
     let dns = Dnsmasq::start(&[("rollcall.test", "127.0.0.1")]);
-    let mut demo = Command::new(BIN)
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .env("DNS_SERVER", dns.addr.to_string())
-        .env("DNS_NAMES", "rollcall.test")
-        .args(["demo", "--replicas", "3", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
+    let mut demo = Guard(
+        Command::new(BIN)
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .env("DNS_SERVER", dns.addr.to_string())
+            .env("DNS_NAMES", "rollcall.test")
+            .args(["demo", "--replicas", "3", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo"),
+    );
     let replica = Replica::attach(2, port);
     let e = wait_for_evidence(
         &replica,
@@ -159,9 +161,9 @@ async fn a_service_name_that_points_at_the_load_balancer_is_an_alias_not_a_peer_
         "{report}"
     );
     let _ = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
+        .args(["-INT", &demo.0.id().to_string()])
         .status();
-    assert!(exited(&mut demo, "demo").await.success());
+    assert!(exited(&mut demo.0, "demo").await.success());
 }
 
 #[tokio::test]

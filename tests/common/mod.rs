@@ -281,3 +281,13 @@ pub async fn instance_id(replica: &Replica) -> String {
         .to_string()
 }
 pub mod dnsmasq;
+
+/// A child process that is killed when the test ends, even when it fails.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
