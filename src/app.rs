@@ -153,6 +153,14 @@ impl Application {
             shutdown.await;
             draining.ready.store(false, Ordering::Relaxed);
             say_goodbye(&draining).await;
+            let drain = Duration::from_secs(draining.settings.drain_secs);
+            if !drain.is_zero() {
+                tracing::info!(
+                    seconds = drain.as_secs(),
+                    "unready: serving on while load balancers notice"
+                );
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("draining: finishing in-flight requests");
         };
         let app = crate::web::router(node.clone());

@@ -128,6 +128,11 @@ pub struct Settings {
     #[arg(long, env = "REGISTRY_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub registry_ttl_secs: u64,
 
+    /// After SIGTERM, keep serving this many seconds with /readyz answering 503, so a load
+    /// balancer that health-checks stops sending before the listener closes.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub drain_secs: u64,
+
     /// Log format: `text` or `json`. Default: text on a terminal, else json.
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

@@ -78,6 +78,7 @@ async fn a_name_listing_every_replica_is_enough_to_find_them() {
             .await
             .unwrap();
         assert_eq!(probe["status"], "fails", "{probe}");
+        assert_eq!(probe["detail"], "NXDOMAIN", "{probe}");
     }
     for r in &replicas {
         let status = get_json(&r.url("/api/status")).await.unwrap();

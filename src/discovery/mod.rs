@@ -81,6 +81,8 @@ pub struct Report {
     pub failed: bool,
     /// What the source saw, one line each (registry rows, DNS answers, seeds).
     pub evidence: Vec<Evidence>,
+    /// Other replicas this source says exist, verified or not (registry rows).
+    pub claimed: usize,
 }
 
 /// One observation behind a method's status: a registry row, a DNS name, a seed.

@@ -16,10 +16,11 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
-use super::{Candidate, Evidence, Method, Report};
+use super::{Candidate, Evidence, Method, Report, SETTLE};
 use crate::app::Node;
 use crate::config::{Database, DatabaseUrl};
 use crate::identity::Identity;
+use crate::membership::State;
 
 /// The LISTEN/NOTIFY channel; the payload is the service name.
 const CHANNEL: &str = "rollcall_members";
@@ -156,7 +157,9 @@ impl Registry {
                 Ok((claims, removed)) => {
                     last_heartbeat = Some(Instant::now());
                     self.offer(&node, &claims).await;
-                    self.report(&claims, removed, started)
+                    // Judge the claims once verification had its chance.
+                    tokio::time::sleep(SETTLE.min(self.heartbeat / 2)).await;
+                    self.report(&node, &claims, removed, started)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "registry unavailable");
@@ -178,7 +181,7 @@ impl Registry {
             };
             node.reports.set(Method::Registry, report);
             tokio::select! {
-                _ = tokio::time::sleep(self.heartbeat) => {}
+                _ = tokio::time::sleep(self.heartbeat.saturating_sub(started.elapsed())) => {}
                 _ = self.wake.notified() => {}
             }
         }
@@ -278,8 +281,13 @@ impl Registry {
         }
     }
 
-    fn report(&self, claims: &[Claim], removed: u64, started: Instant) -> Report {
+    fn report(&self, node: &Node, claims: &[Claim], removed: u64, started: Instant) -> Report {
+        let snapshot = node.membership.snapshot();
         let stale = claims.iter().filter(|c| !self.is_fresh(c)).count();
+        let others = claims
+            .iter()
+            .filter(|c| self.is_fresh(c) && c.instance_id != node.me.id())
+            .count();
         let evidence = claims
             .iter()
             .map(|c| {
@@ -289,18 +297,24 @@ impl Registry {
                     crate::verify::clip(&c.name),
                     crate::verify::clip(&c.addr)
                 );
-                if self.is_fresh(c) {
-                    Evidence {
-                        subject,
-                        status: "works",
-                        detail: format!("heartbeat {age} ago"),
+                let verified = snapshot
+                    .member(&c.instance_id)
+                    .is_some_and(|m| m.state == State::Alive);
+                let (status, detail) = match (self.is_fresh(c), verified) {
+                    (false, _) => ("fails", format!("stale ({age} old): ignored and deleted")),
+                    _ if c.instance_id == node.me.id() => {
+                        ("works", format!("this replica; heartbeat {age} ago"))
                     }
-                } else {
-                    Evidence {
-                        subject,
-                        status: "fails",
-                        detail: format!("stale ({age} old): ignored and deleted"),
-                    }
+                    (true, true) => ("works", format!("heartbeat {age} ago; answers directly")),
+                    (true, false) => (
+                        "partial",
+                        format!("heartbeat {age} ago; does not answer directly from here"),
+                    ),
+                };
+                Evidence {
+                    subject,
+                    status,
+                    detail,
                 }
             })
             .collect();
@@ -320,6 +334,7 @@ impl Registry {
                 },
             ),
             evidence,
+            claimed: others,
             ..Report::default()
         }
     }

@@ -63,6 +63,8 @@ pub struct MethodView {
     pub detail: String,
     /// What the method saw, one line each (registry rows, DNS names, seeds).
     pub evidence: Vec<Evidence>,
+    /// Other replicas the method says exist, whether or not they answer directly.
+    pub claimed: usize,
 }
 
 fn ms_since(then: Instant, now: Instant) -> u64 {
@@ -186,6 +188,7 @@ fn method_view(
         duration_ms: report.duration.map(|d| d.as_millis() as u64),
         detail,
         evidence: report.evidence.clone(),
+        claimed: report.claimed,
     }
 }
 
@@ -193,9 +196,12 @@ fn method_view(
 pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
     let others: Vec<&MemberView> = members.iter().filter(|m| !m.is_self).collect();
     let reachable = others.iter().filter(|m| m.state == State::Alive).count();
-    let mut parts = vec![match (others.len(), reachable) {
+    let claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
+    let mut parts = vec![match (others.len().max(claimed), reachable) {
         (0, _) => "No other replica found yet".to_string(),
-        (_, 0) => "Replicas know of each other but cannot call each other directly".to_string(),
+        (n, 0) => format!(
+            "Replicas know of each other ({n} other(s)) but cannot call each other directly"
+        ),
         (n, r) if r == n => format!("Replicas can call each other directly ({r} reachable)"),
         (n, r) => format!("Replicas can call each other directly ({r} of {n} reachable)"),
     }];
@@ -256,6 +262,7 @@ mod tests {
             duration_ms: None,
             detail: String::new(),
             evidence: vec![],
+            claimed: 0,
         }
     }
 
@@ -282,9 +289,15 @@ mod tests {
             member(false, State::Dead),
             member(false, State::Suspect),
         ];
+        assert!(verdict(&isolated, &report[1..2]).starts_with(
+            "Replicas know of each other (2 other(s)) but cannot call each other directly"
+        ));
+        // Known only from registry rows, never reached: still not alone.
+        let mut registry = method(Method::Registry, "fails", 0);
+        registry.claimed = 2;
         assert!(
-            verdict(&isolated, &report[1..2])
-                .starts_with("Replicas know of each other but cannot call each other directly")
+            verdict(std::slice::from_ref(&me), &[registry])
+                .starts_with("Replicas know of each other (2 other(s))")
         );
         assert_eq!(verdict(&[me], &[]), "No other replica found yet.");
     }

@@ -34,6 +34,10 @@ impl Dnsmasq {
             "--bind-interfaces",
             "--pid-file=",
             "--local=/test/",
+            // Plain names (`rollcall-0`) get NXDOMAIN instead of REFUSED; nothing is ever
+            // forwarded to this dead loopback port.
+            "--domain-needed",
+            "--server=127.0.0.1#9",
         ])
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
