@@ -158,7 +158,15 @@ async fn postgres_notify_brings_a_new_replica_well_before_a_heartbeat() {
     let a = start(2, port, &env);
     let b = start(3, port, &env);
     wait_until_all_see(&[&a, &b]).await;
-    let report = discovery(&a, "registry").await.unwrap();
+    let report = eventually("a registry report", || async {
+        let report = discovery(&a, "registry").await?;
+        if report["last_run_ms_ago"].is_null() {
+            Err(report.to_string())
+        } else {
+            Ok(report)
+        }
+    })
+    .await;
     assert!(
         report["detail"].as_str().unwrap().contains("LISTEN/NOTIFY"),
         "{report}"

@@ -141,6 +141,13 @@ impl Registry {
         if self.backend == Backend::Postgres {
             tokio::spawn(self.clone().listen(node.me.service().to_string()));
         }
+        node.reports.set(
+            Method::Registry,
+            Report {
+                detail: format!("{}: connecting", self.place()),
+                ..Report::default()
+            },
+        );
         let mut migrated = false;
         let mut last_heartbeat: Option<Instant> = None;
         loop {
