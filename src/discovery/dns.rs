@@ -162,6 +162,13 @@ pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>, hostname
         .dns_server
         .map_or("the system resolver".to_string(), |s| s.to_string());
     let port = node.settings.port;
+    node.reports.set(
+        Method::Dns,
+        Report {
+            detail: format!("first lookups via {server} under way"),
+            ..Report::default()
+        },
+    );
     loop {
         let started = Instant::now();
         let names: Vec<(&String, bool)> = plan

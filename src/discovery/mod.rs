@@ -254,10 +254,12 @@ fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
         Verdict::Alias(identity) => {
             let claimed = identity.addr;
             node.membership.alias(candidate.addr, identity.instance_id);
-            // The replica behind the alias says where it lives: verify that directly.
+            // The replica behind the alias says where it lives: verify that directly. It is
+            // credited as an announcement, not to the source that found the alias (a
+            // load-balanced name does not list the replicas).
             let _ = node
                 .candidates
-                .try_send(Candidate::new(claimed, candidate.method));
+                .try_send(Candidate::new(claimed, Method::Announce));
         }
         Verdict::Foreign(reason) => node.membership.foreign(candidate.addr, reason),
         Verdict::Myself => {}

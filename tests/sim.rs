@@ -1,0 +1,407 @@
+//! End to end on simulated platforms (`scripts/sim`): replicas in network namespaces this
+//! test builds and removes, HAProxy in front, a real DNS server, a real browser. Needs
+//! root; without it these tests say so and skip, except under CI=true, where a missing
+//! capability is a failure.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, eventually};
+use serde_json::Value;
+
+const FRONT: &str = "http://127.0.100.1";
+
+/// Topologies share namespace names: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/sim")
+}
+
+fn can_simulate() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the platform simulation needs root (network namespaces), and CI runs as root");
+    }
+    println!(
+        "skipped: the platform simulation needs root (network namespaces); run scripts/test as root"
+    );
+    false
+}
+
+/// A running topology, torn down when dropped.
+struct Sim;
+
+fn sim_cmd(args: &[&str]) -> Output {
+    Command::new(script())
+        .args(args)
+        .env("ROLLCALL_BIN", BIN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/sim")
+}
+
+fn sim_ok(args: &[&str]) -> String {
+    let out = sim_cmd(args);
+    assert!(
+        out.status.success(),
+        "scripts/sim {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Sim {
+    fn up(topology: &str) -> Sim {
+        sim_ok(&["up", topology]);
+        Sim
+    }
+
+    /// GET from inside the simulated network.
+    fn get(&self, url: &str) -> Option<Value> {
+        let out = sim_cmd(&["exec", "curl", "-fsS", "--max-time", "3", url]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn replica_url(&self, replica: &str, path: &str) -> String {
+        let ip = sim_ok(&["ip", replica]);
+        format!("http://{}:8080{path}", ip.trim())
+    }
+
+    fn status_of(&self, replica: &str) -> Result<Value, String> {
+        self.get(&self.replica_url(replica, "/api/status"))
+            .ok_or_else(|| format!("replica {replica} not answering"))
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = sim_cmd(&["down"]);
+    }
+}
+
+fn others(status: &Value) -> Vec<Value> {
+    status["members"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["self"] == false).cloned().collect())
+        .unwrap_or_default()
+}
+
+fn report<'a>(status: &'a Value, method: &str) -> &'a Value {
+    status["discovery"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["method"] == method))
+        .unwrap_or(&Value::Null)
+}
+
+fn has_source(member: &Value, source: &str) -> bool {
+    member["sources"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x == source))
+}
+
+/// Waits until `replica` lists two others alive, each found by `source`.
+async fn wait_for_peers(sim: &Sim, replica: &str, source: &str) -> Value {
+    eventually(
+        &format!("replica {replica} to list 2 others alive by {source}"),
+        || async {
+            let status = sim.status_of(replica)?;
+            let alive = others(&status)
+                .iter()
+                .filter(|m| m["state"] == "alive" && (source.is_empty() || has_source(m, source)))
+                .count();
+            if alive == 2 {
+                Ok(status)
+            } else {
+                Err(status["members"].to_string())
+            }
+        },
+    )
+    .await
+}
+
+fn chromium(args: &[&str]) -> Output {
+    let profile = std::env::temp_dir().join("rollcall-sim-chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    let mut all = vec![
+        "exec",
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ];
+    let profile_arg = format!("--user-data-dir={}", profile.display());
+    all.push(&profile_arg);
+    all.extend_from_slice(args);
+    let out = sim_cmd(&all);
+    let _ = std::fs::remove_dir_all(&profile);
+    out
+}
+
+#[tokio::test]
+async fn app_platform_topology() {
+    if !can_simulate() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = Sim::up("do");
+
+    // Through HAProxy, the answers rotate over all three replicas.
+    let mut names = BTreeSet::new();
+    for _ in 0..12 {
+        let s = sim
+            .get(&format!("{FRONT}/api/status"))
+            .expect("status through HAProxy");
+        names.insert(s["self"]["name"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(names.len(), 3, "{names:?}");
+
+    for r in ["a", "b", "c"] {
+        wait_for_peers(&sim, r, "scan").await;
+        let status = eventually("the foreign service and the service address", || async {
+            let s = sim.status_of(r)?;
+            let foreign = s["foreign"].to_string();
+            let aliases = s["aliases"].to_string();
+            if foreign.contains("127.0.12.9:8080") && aliases.contains("127.0.200.10:8080") {
+                Ok(s)
+            } else {
+                Err(format!("foreign {foreign}, aliases {aliases}"))
+            }
+        })
+        .await;
+        assert!(
+            !status["members"].to_string().contains("127.0.12.9"),
+            "foreign admitted"
+        );
+        assert_eq!(report(&status, "scan")["status"], "works", "{status}");
+        let dns = report(&status, "dns");
+        assert!(
+            dns["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no name lists the replicas"),
+            "{dns}"
+        );
+        let verdict = status["verdict"].as_str().unwrap_or("");
+        assert!(verdict.contains("no DNS name lists them"), "{verdict}");
+    }
+
+    // /peer through the load balancer: the replica that got it calls the other two itself.
+    let peer = sim
+        .get(&format!("{FRONT}/peer"))
+        .expect("/peer through HAProxy");
+    let ok = peer["results"]
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|r| r["ok"] == true).count());
+    assert_eq!(ok, 2, "{peer}");
+
+    // A pod killed for real, then started again: dead, and a new instance.
+    let old_a = sim.status_of("a").unwrap()["self"]["instance_id"].clone();
+    sim_ok(&["kill", "a"]);
+    for r in ["b", "c"] {
+        eventually(&format!("a dead on {r}"), || async {
+            let s = sim.status_of(r)?;
+            let state = others(&s)
+                .into_iter()
+                .find(|m| m["instance_id"] == old_a)
+                .map(|m| m["state"].clone());
+            if state == Some(Value::from("dead")) {
+                Ok(())
+            } else {
+                Err(format!("{state:?}"))
+            }
+        })
+        .await;
+    }
+    sim_ok(&["start", "a"]);
+    let new_a = sim.status_of("a").unwrap()["self"]["instance_id"].clone();
+    assert_ne!(new_a, old_a);
+    for r in ["b", "c"] {
+        eventually(&format!("the new a alive on {r}"), || async {
+            let s = sim.status_of(r)?;
+            let alive = others(&s)
+                .iter()
+                .any(|m| m["instance_id"] == new_a && m["state"] == "alive");
+            if alive {
+                Ok(())
+            } else {
+                Err(s["members"].to_string())
+            }
+        })
+        .await;
+    }
+
+    // A rolling restart under steady load through HAProxy: not one request fails.
+    let load = Command::new(script())
+        .args([
+            "exec",
+            "wrk",
+            "-t2",
+            "-c8",
+            "-d12s",
+            &format!("{FRONT}/api/status"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wrk");
+    let started = Instant::now();
+    for r in ["a", "b", "c"] {
+        sim_ok(&["restart", r]);
+    }
+    println!("rolling restart of 3 replicas took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "the restarts must fall inside the load run"
+    );
+    let out = load.wait_with_output().expect("wrk finished");
+    let report_text = String::from_utf8_lossy(&out.stdout);
+    println!("{report_text}");
+    assert!(out.status.success(), "{report_text}");
+    assert!(report_text.contains("requests in"), "{report_text}");
+    assert!(
+        !report_text.contains("Non-2xx"),
+        "failed requests during the rolling restart:\n{report_text}"
+    );
+    assert!(
+        !report_text.contains("Socket errors"),
+        "socket errors during the rolling restart:\n{report_text}"
+    );
+
+    // The page in a real browser, loaded through HAProxy from inside the network.
+    for r in ["a", "b", "c"] {
+        // Restarted replicas find each other by scan or by their hellos, whichever is first.
+        wait_for_peers(&sim, r, "").await;
+    }
+    let dom = chromium(&[
+        "--virtual-time-budget=9000",
+        "--dump-dom",
+        &format!("{FRONT}/"),
+    ]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("<span id=\"found\">3 / 3</span>"), "{dom}");
+    let answered: BTreeSet<&str> = dom
+        .split("<li class=\"poll\"")
+        .skip(1)
+        .filter_map(|li| li.split('>').nth(1).and_then(|t| t.split('<').next()))
+        .collect();
+    assert!(
+        answered.len() >= 2,
+        "the strip shows rotation: {answered:?}"
+    );
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sim-do.png");
+    let shot_arg = format!("--screenshot={}", shot.display());
+    let out = chromium(&[
+        "--window-size=1200,1900",
+        "--virtual-time-budget=7000",
+        &shot_arg,
+        &format!("{FRONT}/"),
+    ]);
+    assert!(
+        shot.exists(),
+        "screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("screenshot: {}", shot.display());
+}
+
+#[tokio::test]
+async fn dokku_topology_finds_replicas_by_dns_alone() {
+    if !can_simulate() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = Sim::up("dokku");
+    for r in ["a", "b", "c"] {
+        wait_for_peers(&sim, r, "dns").await;
+        let status = eventually(&format!("replica {r}'s DNS report"), || async {
+            let s = sim.status_of(r)?;
+            let dns = report(&s, "dns");
+            if dns["status"] == "works" && dns["evidence"].to_string().contains("lists 3 replicas")
+            {
+                Ok(s)
+            } else {
+                Err(dns.to_string())
+            }
+        })
+        .await;
+        assert_eq!(report(&status, "scan")["status"], "off");
+        assert_eq!(report(&status, "registry")["status"], "off");
+    }
+}
+
+#[tokio::test]
+async fn isolated_topology_says_replicas_cannot_reach_each_other() {
+    if !can_simulate() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = Sim::up("isolated");
+    let status = eventually("the verdict through the load balancer", || async {
+        let s = sim.get(&format!("{FRONT}/api/status")).ok_or("no status")?;
+        let verdict = s["verdict"].as_str().unwrap_or("").to_string();
+        if verdict.starts_with(
+            "Replicas know of each other (2 other(s)) but cannot call each other directly",
+        ) {
+            Ok(s)
+        } else {
+            Err(verdict)
+        }
+    })
+    .await;
+    assert!(
+        others(&status).is_empty(),
+        "nobody was admitted: {}",
+        status["members"]
+    );
+    assert_eq!(report(&status, "registry")["claimed"], 2, "{status}");
+    // Every replica's page says it too, as a page, not an error.
+    for r in ["a", "b", "c"] {
+        eventually(
+            &format!("replica {r}'s page to give the verdict"),
+            || async {
+                let url = sim.replica_url(r, "/");
+                let html = sim_cmd(&["exec", "curl", "-fsS", "-H", "accept: text/html", &url]);
+                let page = String::from_utf8_lossy(&html.stdout).into_owned();
+                if page.contains("cannot call each other directly") {
+                    Ok(())
+                } else {
+                    Err(page)
+                }
+            },
+        )
+        .await;
+    }
+    // The load balancer pins a client with its affinity cookie.
+    let headers = sim_cmd(&[
+        "exec",
+        "curl",
+        "-fsS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{FRONT}/api/identity"),
+    ]);
+    assert!(String::from_utf8_lossy(&headers.stdout).contains("ARRAffinity="));
+}
