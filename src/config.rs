@@ -70,6 +70,10 @@ pub struct Settings {
     #[arg(long, env = "EXPECTED_REPLICAS", value_parser = clap::value_parser!(u32).range(1..))]
     pub expected_replicas: Option<u32>,
 
+    /// When set, peers must prove they hold it (an HMAC challenge) before they are admitted.
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
+
     /// Comma list of IPv4 CIDRs to scan, or `auto` (only where safe: see the README), or `off`.
     #[arg(long, env = "SCAN_CIDRS", default_value = "auto")]
     pub scan_cidrs: ScanCidrs,
@@ -283,6 +287,33 @@ impl FromStr for Database {
     }
 }
 
+/// A secret setting: never shown by Debug, logs or pages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        // Short secrets are guessable from one captured proof.
+        if s.len() < 16 {
+            return Err("must be at least 16 characters".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// `DNS_NAMES`: which names to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsNames {
@@ -432,7 +463,14 @@ pub fn one_line_error(err: &clap::Error) -> String {
     let mut rendered = err.render().to_string();
     // A rejected DATABASE_URL is echoed by clap: mask anything that looks like a password.
     if let Some(value) = err.get(ContextKind::InvalidValue).map(|v| v.to_string()) {
-        rendered = DatabaseUrl(value).scrub(&rendered);
+        rendered = DatabaseUrl(value.clone()).scrub(&rendered);
+        if err
+            .get(ContextKind::InvalidArg)
+            .is_some_and(|a| a.to_string().starts_with("--cluster-secret"))
+            && !value.is_empty()
+        {
+            rendered = rendered.replace(&value, "***");
+        }
     }
     let first = rendered
         .lines()
@@ -511,6 +549,19 @@ mod tests {
         let line = one_line_error(&err);
         assert!(
             line.contains("DATABASE_URL") && !line.contains("topsecret"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn secrets_stay_secret() {
+        let cli =
+            Cli::try_parse_from(["rollcall", "--cluster-secret", "correct-horse-battery"]).unwrap();
+        assert!(!format!("{:?}", cli.settings).contains("correct-horse"));
+        let err = Cli::try_parse_from(["rollcall", "--cluster-secret", "hunter2"]).unwrap_err();
+        let line = one_line_error(&err);
+        assert!(
+            line.contains("CLUSTER_SECRET") && !line.contains("hunter2"),
             "{line}"
         );
     }

@@ -60,6 +60,34 @@ pub const PLATFORM_MARKERS: &[&str] = &[
     "K_SERVICE",
 ];
 
+/// Every platform variable rollcall reads, besides its own settings (for checking deploy
+/// specs against the program).
+pub const PLATFORM_VARIABLES: &[&str] = &[
+    "ROLLCALL_PLATFORM",
+    "KUBERNETES_SERVICE_HOST",
+    "POD_IP",
+    "POD_NAME",
+    "DYNO",
+    "HEROKU_DYNO_ID",
+    "HEROKU_APP_NAME",
+    "HEROKU_APP_ID",
+    "DOKKU_APP_TYPE",
+    "DOKKU_PROXY_PORT",
+    "DOKKU_APP_NAME",
+    "RENDER_SERVICE_NAME",
+    "RENDER_INSTANCE_ID",
+    "RENDER_DISCOVERY_SERVICE",
+    "FLY_APP_NAME",
+    "FLY_MACHINE_ID",
+    "FLY_PRIVATE_IP",
+    "WEBSITE_INSTANCE_ID",
+    "WEBSITE_SITE_NAME",
+    "K_SERVICE",
+    "K_REVISION",
+    "ECS_CONTAINER_METADATA_URI_V4",
+    "RUST_LOG",
+];
+
 /// Variables Dokku sets in an app's environment, and Heroku does not.
 const DOKKU_VARS: &[&str] = &["DOKKU_APP_TYPE", "DOKKU_PROXY_PORT", "DOKKU_APP_NAME"];
 /// Variables only Heroku sets (dyno metadata).
