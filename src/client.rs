@@ -23,6 +23,8 @@ pub enum CallError {
     TooLarge,
     #[error("not a rollcall identity ({0})")]
     NotIdentity(String),
+    #[error("no valid proof of CLUSTER_SECRET")]
+    BadProof,
     #[error("broken answer: {0}")]
     Other(String),
 }
@@ -101,12 +103,20 @@ impl PeerClient {
         }
     }
 
-    /// `GET /api/identity` at `addr`.
-    pub async fn identity(&self, addr: SocketAddr) -> Result<Reply, CallError> {
+    /// `GET /api/identity` at `addr`, with a challenge when `nonce` is given.
+    pub async fn identity(
+        &self,
+        addr: SocketAddr,
+        nonce: Option<&str>,
+    ) -> Result<Reply, CallError> {
         let started = Instant::now();
+        let url = match nonce {
+            Some(nonce) => format!("http://{addr}/api/identity?nonce={nonce}"),
+            None => format!("http://{addr}/api/identity"),
+        };
         let response = self
             .for_peer(addr)
-            .get(format!("http://{addr}/api/identity"))
+            .get(url)
             .header("accept", "application/json")
             .send()
             .await
@@ -116,8 +126,7 @@ impl PeerClient {
             return Err(CallError::Status(status));
         }
         let body = read_bounded(response).await?;
-        let identity = serde_json::from_slice::<Identity>(&body)
-            .map_err(|e| CallError::NotIdentity(e.to_string()))?;
+        let identity = parse_identity(&body)?;
         Ok(Reply {
             identity,
             status,
@@ -139,6 +148,16 @@ impl PeerClient {
             status => Err(CallError::Status(status)),
         }
     }
+}
+
+/// Reads an identity from what a peer sent. serde_json stops at 128 levels of nesting,
+/// and the body is at most [`MAX_IDENTITY_BYTES`], so hostile input costs little.
+pub fn parse_identity(body: &[u8]) -> Result<Identity, CallError> {
+    serde_json::from_slice::<Identity>(body).map_err(|e| {
+        let mut why = e.to_string();
+        why.truncate(120);
+        CallError::NotIdentity(why)
+    })
 }
 
 async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, CallError> {

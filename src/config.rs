@@ -132,6 +132,11 @@ pub struct Settings {
     #[arg(long, env = "REGISTRY_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub registry_ttl_secs: u64,
 
+    /// `off` hides the page, /api/status and /peer (replica names and private addresses);
+    /// what replicas need from each other stays on.
+    #[arg(long, env = "STATUS_PAGE", default_value = "on", value_parser = ["on", "off"])]
+    pub status_page: String,
+
     /// After SIGTERM, keep serving this many seconds with /readyz answering 503, so a load
     /// balancer that health-checks stops sending before the listener closes.
     #[arg(long, env = "DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]

@@ -25,6 +25,9 @@ pub struct Identity {
     pub platform: String,
     #[serde(default)]
     pub system: SystemFigures,
+    /// The answer to a challenge (`/api/identity?nonce=…`) when CLUSTER_SECRET is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -268,6 +271,7 @@ impl Me {
                 started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                 platform: platform.name.into(),
                 system: SystemFigures::default(),
+                proof: None,
             },
             platform,
             figures: RwLock::new(SystemFigures::default()),

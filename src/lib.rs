@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod identity;
 pub mod membership;
 pub mod prober;
+pub mod proof;
 pub mod telemetry;
 pub mod verify;
 pub mod web;

@@ -33,6 +33,20 @@ pub struct Member {
     pub last_ok: Instant,
     pub state_since: Instant,
     pub last_error: Option<String>,
+    /// Set when this instance's address began answering as another instance: a restart.
+    pub replaced_by: Option<String>,
+    /// Another live instance that claims the same address (NAT, a misconfigured advertise
+    /// address): both are shown, with the conflict.
+    pub conflict_with: Option<String>,
+}
+
+impl Member {
+    /// The error to show: a conflict outlasts any successful probe.
+    fn conflict_note(&self) -> Option<String> {
+        self.conflict_with
+            .as_ref()
+            .map(|other| format!("address conflict: instance {other} claims the same address"))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -125,26 +139,45 @@ impl Table {
         let addr = identity.addr;
         self.foreign.remove(&addr);
         self.aliases.remove(&addr);
-        // Only one process can hold an address: whoever held it before is gone.
+        let new_id = identity.instance_id.clone();
+        // An instance displaced from this address that answers again was never gone: two
+        // live instances claim one address.
+        let displaced_by = self
+            .members
+            .get(&new_id)
+            .and_then(|m| m.replaced_by.clone());
+        let mut conflict = None;
         for old in self.member_at(addr) {
-            if old.identity.instance_id != identity.instance_id
-                && matches!(old.state, State::Alive | State::Suspect)
+            if old.identity.instance_id == new_id
+                || !matches!(old.state, State::Alive | State::Suspect)
             {
-                old.last_error = Some(format!(
-                    "address now answers as instance {}",
-                    identity.instance_id
-                ));
+                continue;
+            }
+            if displaced_by.as_deref() == Some(old.identity.instance_id.as_str())
+                || old.conflict_with.as_deref() == Some(new_id.as_str())
+            {
+                old.conflict_with = Some(new_id.clone());
+                old.last_error = old.conflict_note();
+                conflict = Some(old.identity.instance_id.clone());
+            } else {
+                // Otherwise only one process can hold an address: it restarted.
+                old.replaced_by = Some(new_id.clone());
+                old.last_error = Some(format!("address now answers as instance {new_id}"));
                 Self::set_state(old, State::Dead, now);
             }
         }
-        match self.members.get_mut(&identity.instance_id) {
+        match self.members.get_mut(&new_id) {
             Some(member) => {
                 member.sources.insert(method);
                 member.identity = identity;
                 if member.state != State::Left {
+                    if conflict.is_some() {
+                        member.conflict_with = conflict;
+                        member.replaced_by = None;
+                    }
                     member.rtt_ms = Some(rtt_ms);
                     member.last_ok = now;
-                    member.last_error = None;
+                    member.last_error = member.conflict_note();
                     Self::set_state(member, State::Alive, now);
                 }
                 Admission::Known
@@ -167,6 +200,8 @@ impl Table {
                         last_ok: now,
                         state_since: now,
                         last_error: None,
+                        replaced_by: None,
+                        conflict_with: None,
                     },
                 );
                 Admission::New
@@ -184,7 +219,7 @@ impl Table {
         member.identity = identity;
         member.rtt_ms = Some(rtt_ms);
         member.last_ok = now;
-        member.last_error = None;
+        member.last_error = member.conflict_note();
         Self::set_state(member, State::Alive, now);
     }
 
@@ -203,7 +238,9 @@ impl Table {
     fn replaced(&mut self, instance_id: &str, by: &str, now: Instant) {
         if let Some(member) = self.members.get_mut(instance_id)
             && member.state != State::Left
+            && member.conflict_with.as_deref() != Some(by)
         {
+            member.replaced_by = Some(by.to_string());
             member.last_error = Some(format!("address now answers as instance {by}"));
             Self::set_state(member, State::Dead, now);
         }
@@ -445,6 +482,7 @@ mod tests {
             started_at: String::new(),
             platform: "local".into(),
             system: Default::default(),
+            proof: None,
         }
     }
 
@@ -540,6 +578,39 @@ mod tests {
         // Probing the old instance's address keeps answering as the new one: no resurrection.
         t.probe_ok(identity("new", "127.0.0.2:80"), 0.2, t0);
         assert_eq!(state(&t, "old"), State::Dead);
+    }
+
+    #[test]
+    fn two_live_instances_on_one_address_are_both_shown_with_the_conflict() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("x", "10.0.0.1:80"), Method::Scan, 1.0, t0);
+        // The address answers as y: at first that looks like a restart.
+        t.admit(identity("y", "10.0.0.1:80"), Method::Scan, 1.0, t0);
+        assert_eq!(state(&t, "x"), State::Dead);
+        // But x answers again on the same address: both are alive, and both say why.
+        t.admit(identity("x", "10.0.0.1:80"), Method::Scan, 1.0, t0);
+        assert_eq!(
+            (state(&t, "x"), state(&t, "y")),
+            (State::Alive, State::Alive)
+        );
+        for (me, other) in [("x", "y"), ("y", "x")] {
+            assert_eq!(t.members[me].conflict_with.as_deref(), Some(other));
+            assert!(
+                t.members[me]
+                    .last_error
+                    .as_deref()
+                    .unwrap()
+                    .contains("conflict")
+            );
+        }
+        // Probes answered by the other claimant no longer count as a restart.
+        t.replaced("x", "y", t0);
+        t.probe_ok(identity("y", "10.0.0.1:80"), 0.4, t0);
+        assert_eq!(
+            (state(&t, "x"), state(&t, "y")),
+            (State::Alive, State::Alive)
+        );
     }
 
     #[test]

@@ -39,10 +39,20 @@ pub async fn run_clock(node: Arc<Node>) {
 
 async fn probe(node: &Node, member: &Member) {
     let id = &member.identity.instance_id;
-    match node.client.identity(member.identity.addr).await {
+    match crate::verify::ask(node, member.identity.addr).await {
+        // Displaced from its address, yet it answers there: two instances share it, which
+        // admission records as a conflict.
+        Ok(reply) if reply.identity.instance_id == *id && member.replaced_by.is_some() => {
+            if let Some(method) = member.sources.iter().next().copied() {
+                node.membership.admit(reply.identity, method, reply.rtt_ms);
+            }
+        }
         Ok(reply) if reply.identity.instance_id == *id => {
             node.membership.probe_ok(reply.identity, reply.rtt_ms);
         }
+        // The other claimant of a shared address answered this time: no news about either.
+        Ok(reply)
+            if member.conflict_with.as_deref() == Some(reply.identity.instance_id.as_str()) => {}
         Ok(reply)
             if reply.identity.service == member.identity.service
                 && reply.identity.addr == member.identity.addr =>

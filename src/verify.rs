@@ -6,8 +6,10 @@
 
 use std::net::SocketAddr;
 
-use crate::client::{CallError, PeerClient, Reply};
-use crate::identity::{Identity, Me};
+use crate::app::Node;
+use crate::client::{CallError, Reply};
+use crate::identity::Identity;
+use crate::proof;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -22,13 +24,28 @@ pub enum Verdict {
     Unreachable(String),
 }
 
-pub async fn verify(client: &PeerClient, me: &Me, candidate: SocketAddr) -> Verdict {
+pub async fn verify(node: &Node, candidate: SocketAddr) -> Verdict {
     judge(
         candidate,
-        client.identity(candidate).await,
-        me.service(),
-        me.id(),
+        ask(node, candidate).await,
+        node.me.service(),
+        node.me.id(),
     )
+}
+
+/// Asks `addr` who it is. With CLUSTER_SECRET set, the answer must carry a valid proof
+/// for a fresh nonce: a copied or replayed identity is refused.
+pub async fn ask(node: &Node, addr: SocketAddr) -> Result<Reply, CallError> {
+    let Some(secret) = &node.settings.cluster_secret else {
+        return node.client.identity(addr, None).await;
+    };
+    let nonce = proof::nonce();
+    let reply = node.client.identity(addr, Some(&nonce)).await?;
+    if proof::check(secret.expose(), &nonce, &reply.identity) {
+        Ok(reply)
+    } else {
+        Err(CallError::BadProof)
+    }
 }
 
 /// The decision itself, apart from the network call.
@@ -101,6 +118,7 @@ mod tests {
             started_at: String::new(),
             platform: String::new(),
             system: Default::default(),
+            proof: None,
         }
     }
 

@@ -70,6 +70,7 @@ function render(s) {
   $("served-up").textContent = me.system.uptime_secs;
   document.title = me.name + " · rollcall";
   $("verdict").textContent = s.verdict;
+  $("membership").textContent = "Membership " + s.membership + ".";
   const alive = s.members.filter((m) => m.state === "alive").length;
   $("found").textContent = s.expected_replicas ? `${alive} / ${s.expected_replicas}` : String(alive);
   $("members").innerHTML = s.members.map(memberHtml).join("");

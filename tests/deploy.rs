@@ -276,7 +276,9 @@ fn dockerfile_copies_what_exists_and_builds_as_ci_does() {
     );
     assert!(dockerfile.contains("EXPOSE 8080"));
     assert!(
-        !dockerfile.lines().any(|l| l.trim_start().starts_with("HEALTHCHECK")),
+        !dockerfile
+            .lines()
+            .any(|l| l.trim_start().starts_with("HEALTHCHECK")),
         "platforms check /readyz themselves"
     );
     assert!(dockerfile.contains("USER "), "runs as a non-root user");

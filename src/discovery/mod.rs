@@ -213,7 +213,7 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
         let node = node.clone();
         let in_flight = in_flight.clone();
         tokio::spawn(async move {
-            let verdict = verify(&node.client, &node.me, candidate.addr).await;
+            let verdict = verify(&node, candidate.addr).await;
             let addr = candidate.addr;
             if matches!(verdict, Verdict::Alias(_)) {
                 sample_alias(&node, addr).await;
@@ -276,7 +276,7 @@ const ALIAS_SAMPLES: usize = 3;
 /// Asks an alias again, recording every replica it answers as.
 async fn sample_alias(node: &Node, addr: SocketAddr) {
     for _ in 1..ALIAS_SAMPLES {
-        match node.client.identity(addr).await {
+        match crate::verify::ask(node, addr).await {
             Ok(reply) if reply.identity.service == node.me.service() => {
                 node.membership.alias(addr, reply.identity.instance_id);
             }

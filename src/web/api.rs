@@ -15,6 +15,7 @@ use super::status::Status;
 use crate::app::Node;
 use crate::discovery::{Candidate, Method};
 use crate::identity::Identity;
+use crate::proof;
 use crate::verify::clip;
 
 pub async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
@@ -39,7 +40,16 @@ pub async fn identity(
             "nonce must be 1 to 128 hex digits".into(),
         ));
     }
-    Ok(Json(node.me.identity()))
+    let mut identity = node.me.identity();
+    if let (Some(nonce), Some(secret)) = (&query.nonce, &node.settings.cluster_secret) {
+        identity.proof = Some(proof::prove(
+            secret.expose(),
+            nonce,
+            &identity.instance_id,
+            &identity.service,
+        ));
+    }
+    Ok(Json(identity))
 }
 
 /// Checks that a replica's announcement comes from the address it claims, so nobody can

@@ -11,9 +11,9 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -27,18 +27,27 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/", get(page::index))
-        .route("/api/status", get(api::status))
+    // What replicas need from each other, and platforms from a replica.
+    let core = Router::new()
         .route("/api/identity", get(api::identity))
         .route("/api/hello", post(api::hello))
         .route("/api/goodbye", post(api::goodbye))
-        .route("/peer", get(peer::call_peers))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/static/{file}", get(assets::serve))
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .route("/readyz", get(health::readyz));
+    // What people look at: names and private addresses, by design.
+    let public = Router::new()
+        .route("/", get(page::index))
+        .route("/api/status", get(api::status))
+        .route("/peer", get(peer::call_peers))
+        .route("/static/{file}", get(assets::serve));
+    let app = if node.settings.status_page == "off" {
+        core
+    } else {
+        core.merge(public)
+    };
+    app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer((
+            Extension(Arc::new(peer::PeerGate::default())),
             TraceLayer::new_for_http(),
             TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT),
             RequestBodyLimitLayer::new(MAX_BODY_BYTES),

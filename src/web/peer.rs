@@ -1,12 +1,17 @@
 //! `GET /peer`: proof that replicas talk directly. The replica that got the request calls
 //! every alive member (or the one named) itself, past the load balancer.
+//!
+//! A public endpoint that makes outbound calls must not amplify traffic: one fan-out at a
+//! time per replica, its result reused for a second, and a rate limit per client address.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::{Extension, Json};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
@@ -22,20 +27,20 @@ pub struct PeerQuery {
     to: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PeerCalls {
     from: Identity,
     results: Vec<CallResult>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Target {
     instance_id: String,
     name: String,
     addr: SocketAddr,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CallResult {
     to: Target,
     ok: bool,
@@ -45,33 +50,109 @@ pub struct CallResult {
     error: Option<String>,
 }
 
+/// How long a fan-out's result answers later requests.
+const REUSE_FOR: Duration = Duration::from_secs(1);
+/// Requests per client address per window.
+const PER_CLIENT: u32 = 30;
+const WINDOW: Duration = Duration::from_secs(10);
+/// Client addresses remembered at most; past that the oldest windows are dropped.
+const MAX_CLIENTS: usize = 4096;
+
+/// The limits on `/peer`, shared by all its requests.
+#[derive(Default)]
+pub struct PeerGate {
+    flight: tokio::sync::Mutex<()>,
+    recent: Mutex<HashMap<Option<String>, (Instant, PeerCalls)>>,
+    clients: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl PeerGate {
+    /// Counts a request from `ip`; false when it is over its limit.
+    fn admit(&self, ip: IpAddr, now: Instant) -> bool {
+        let Ok(mut clients) = self.clients.lock() else {
+            return false;
+        };
+        if clients.len() >= MAX_CLIENTS {
+            clients.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            if clients.len() >= MAX_CLIENTS {
+                clients.clear();
+            }
+        }
+        let (start, count) = clients.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= PER_CLIENT
+    }
+
+    fn reuse(&self, to: &Option<String>, now: Instant) -> Option<PeerCalls> {
+        let recent = self.recent.lock().ok()?;
+        recent
+            .get(to)
+            .filter(|(at, _)| now.duration_since(*at) < REUSE_FOR)
+            .map(|(_, calls)| calls.clone())
+    }
+
+    fn remember(&self, to: Option<String>, calls: &PeerCalls) {
+        if let Ok(mut recent) = self.recent.lock() {
+            let now = Instant::now();
+            recent.retain(|_, (at, _)| now.duration_since(*at) < REUSE_FOR);
+            recent.insert(to, (now, calls.clone()));
+        }
+    }
+}
+
 pub async fn call_peers(
     State(node): State<Arc<Node>>,
+    Extension(gate): Extension<Arc<PeerGate>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     query: Result<Query<PeerQuery>, QueryRejection>,
 ) -> Result<Json<PeerCalls>, ApiError> {
     let Query(query) = query?;
+    if !gate.admit(client.ip().to_canonical(), Instant::now()) {
+        return Err(ApiError::TooMany(format!(
+            "at most {PER_CLIENT} /peer calls per {} s from one address",
+            WINDOW.as_secs()
+        )));
+    }
     let snapshot = node.membership.snapshot();
     // `to` names a member, never an address: this endpoint must not reach anything else.
-    let targets: Vec<&Member> = match &query.to {
-        Some(id) => vec![
-            snapshot
-                .member(id)
-                .filter(|m| m.state != MemberState::Left)
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!("'{}' is not a current member", clip(id)))
-                })?,
-        ],
-        None => snapshot
-            .members
-            .iter()
-            .filter(|m| m.state == MemberState::Alive)
-            .collect(),
-    };
+    if let Some(id) = &query.to
+        && snapshot
+            .member(id)
+            .is_none_or(|m| m.state == MemberState::Left)
+    {
+        return Err(ApiError::NotFound(format!(
+            "'{}' is not a current member",
+            clip(id)
+        )));
+    }
+    if let Some(calls) = gate.reuse(&query.to, Instant::now()) {
+        return Ok(Json(calls));
+    }
+    // One fan-out at a time; whoever waited here gets its result.
+    let _flight = gate.flight.lock().await;
+    if let Some(calls) = gate.reuse(&query.to, Instant::now()) {
+        return Ok(Json(calls));
+    }
+    let snapshot = node.membership.snapshot();
+    let targets: Vec<&Member> = snapshot
+        .members
+        .iter()
+        .filter(|m| match &query.to {
+            Some(id) => m.identity.instance_id == *id && m.state != MemberState::Left,
+            None => m.state == MemberState::Alive,
+        })
+        .collect();
     let results = join_all(targets.into_iter().map(|m| call(&node, m))).await;
-    Ok(Json(PeerCalls {
+    let calls = PeerCalls {
         from: node.me.identity(),
         results,
-    }))
+    };
+    gate.remember(query.to, &calls);
+    Ok(Json(calls))
 }
 
 async fn call(node: &Node, member: &Member) -> CallResult {
@@ -80,7 +161,7 @@ async fn call(node: &Node, member: &Member) -> CallResult {
         name: member.identity.name.clone(),
         addr: member.identity.addr,
     };
-    match node.client.identity(member.identity.addr).await {
+    match crate::verify::ask(node, member.identity.addr).await {
         Ok(reply) => {
             let same = reply.identity.instance_id == member.identity.instance_id;
             CallResult {

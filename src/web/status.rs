@@ -15,6 +15,8 @@ use crate::membership::{Member, State};
 pub struct Status {
     /// One sentence: can replicas talk directly, and what found them.
     pub verdict: String,
+    /// What admits a member: a proof of CLUSTER_SECRET, or the service name alone.
+    pub membership: &'static str,
     #[serde(rename = "self")]
     pub me: Identity,
     pub members: Vec<MemberView>,
@@ -105,6 +107,11 @@ impl Status {
             .collect();
         Status {
             verdict: verdict(&members, &discovery),
+            membership: if node.settings.cluster_secret.is_some() {
+                "proven: members answer a fresh CLUSTER_SECRET challenge"
+            } else {
+                "by service name only: anything that answers as this service is admitted (set CLUSTER_SECRET to require proof)"
+            },
             me,
             members,
             foreign: snapshot
