@@ -1,16 +1,18 @@
 //! One replica: binds its listener, starts its background tasks, serves until told to stop.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::broadcast::Broadcaster;
 use crate::client::PeerClient;
 use crate::config::Settings;
 use crate::discovery::registry::Registry;
@@ -18,6 +20,7 @@ use crate::discovery::{self, Candidate, Method, Report, Reports};
 use crate::identity::{Me, process_env};
 use crate::membership::{Membership, State, Timing};
 use crate::prober;
+use crate::relay::Relay;
 
 /// Everything a replica's tasks and handlers share.
 pub struct Node {
@@ -28,6 +31,12 @@ pub struct Node {
     pub client: PeerClient,
     pub candidates: mpsc::Sender<Candidate>,
     pub registry: Option<Arc<Registry>>,
+    pub broadcaster: Broadcaster,
+    pub relay: Relay,
+    /// Replicas connected to this one as their relay hub (instance id → connections).
+    pub relay_subscribers: Mutex<HashMap<String, usize>>,
+    /// Turns true when shutdown begins: long-lived streams end so draining can finish.
+    pub shutdown: watch::Sender<bool>,
     ready: AtomicBool,
 }
 
@@ -102,6 +111,7 @@ impl Application {
                 },
             );
         }
+        let me_id = me.id().to_string();
         let node = Arc::new(Node {
             settings,
             me,
@@ -110,6 +120,10 @@ impl Application {
             client,
             candidates: tx,
             registry,
+            broadcaster: Broadcaster::new(me_id.as_str()),
+            relay: Relay::default(),
+            relay_subscribers: Mutex::default(),
+            shutdown: watch::channel(false).0,
             ready: AtomicBool::new(false),
         });
         Ok(Application {
@@ -152,6 +166,7 @@ impl Application {
         let graceful = async move {
             shutdown.await;
             draining.ready.store(false, Ordering::Relaxed);
+            draining.shutdown.send_replace(true);
             say_goodbye(&draining).await;
             let drain = Duration::from_secs(draining.settings.drain_secs);
             if !drain.is_zero() {
@@ -203,6 +218,7 @@ fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<J
         hostname,
     )));
     tasks.push(tokio::spawn(discovery::seed::run(node.clone(), resolver)));
+    tasks.push(tokio::spawn(crate::relay::run(node.clone())));
     tasks
 }
 

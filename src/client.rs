@@ -134,19 +134,40 @@ impl PeerClient {
         })
     }
 
-    /// Tells `addr` about us (`POST /api/hello`) or that we leave (`POST /api/goodbye`).
-    pub async fn tell(&self, addr: SocketAddr, path: &str, me: &Identity) -> Result<(), CallError> {
-        let response = self
+    /// Posts JSON to a peer (`/api/hello`, `/api/goodbye`, `/api/deliver`); the answer's body.
+    pub async fn tell<T: serde::Serialize + ?Sized>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &T,
+    ) -> Result<Vec<u8>, CallError> {
+        let request = self
             .for_peer(addr)
             .post(format!("http://{addr}{path}"))
-            .json(me)
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        match response.status().as_u16() {
-            200..=299 => Ok(()),
-            status => Err(CallError::Status(status)),
+            .json(body);
+        send_bounded(request).await
+    }
+
+    /// Posts JSON to a URL (the public address, through the load balancer), with a cookie.
+    pub async fn post_json<T: serde::Serialize + ?Sized>(
+        &self,
+        url: &str,
+        cookie: Option<&str>,
+        body: &T,
+    ) -> Result<Vec<u8>, CallError> {
+        let mut request = self.any.post(url).json(body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
         }
+        send_bounded(request).await
+    }
+}
+
+async fn send_bounded(request: reqwest::RequestBuilder) -> Result<Vec<u8>, CallError> {
+    let response = request.send().await.map_err(CallError::from_reqwest)?;
+    match response.status().as_u16() {
+        200..=299 => read_bounded(response).await,
+        status => Err(CallError::Status(status)),
     }
 }
 

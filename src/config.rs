@@ -132,6 +132,15 @@ pub struct Settings {
     #[arg(long, env = "REGISTRY_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub registry_ttl_secs: u64,
 
+    /// The app's public address (App Platform: `${APP_URL}`), used to relay messages through
+    /// the load balancer where replicas cannot reach each other directly.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<PublicUrl>,
+
+    /// Name of the load balancer's affinity cookie, used by the relay.
+    #[arg(long, env = "AFFINITY_COOKIE", default_value = "ARRAffinity")]
+    pub affinity_cookie: String,
+
     /// `off` hides the page, /api/status and /peer (replica names and private addresses);
     /// what replicas need from each other stays on.
     #[arg(long, env = "STATUS_PAGE", default_value = "on", value_parser = ["on", "off"])]
@@ -316,6 +325,33 @@ impl FromStr for Secret {
             return Err("must be at least 16 characters".into());
         }
         Ok(Secret(s.to_string()))
+    }
+}
+
+/// `PUBLIC_URL`: an http(s) URL with a host and nothing after the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    /// The URL of `path` on the public address.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{path}", self.0.trim_end_matches('/'))
+    }
+}
+
+impl FromStr for PublicUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .ok_or("must start with http:// or https://")?;
+        let host = rest.split('/').next().unwrap_or("");
+        if host.is_empty() || s.contains(['?', '#', ' ']) {
+            return Err("must be a URL like https://app.example.com".into());
+        }
+        Ok(PublicUrl(s.to_string()))
     }
 }
 

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod app;
+pub mod broadcast;
 pub mod client;
 pub mod config;
 pub mod demo;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod membership;
 pub mod prober;
 pub mod proof;
+pub mod relay;
 pub mod telemetry;
 pub mod verify;
 pub mod web;

@@ -62,7 +62,42 @@ function notMembersHtml(s) {
 
 function render(s) {
   const me = s.self;
-  const hero = $("hero");
+  // Messages: this window's replica streams them; names come from the last status seen.
+let names = {};
+for (const li of document.querySelectorAll("#members li[data-id]")) names[li.dataset.id] = li.dataset.name;
+const nameOf = (id) => names[id] || "…" + String(id).slice(-6);
+
+function showMessage(m) {
+  const li = document.createElement("li");
+  const path = m.via.map(nameOf).join(" → ");
+  li.innerHTML = `<span class="text">${esc(m.text)}</span> <span class="path">entered by ${esc(nameOf(m.origin))} · ${esc(path)}</span>`;
+  $("messages").prepend(li);
+  while ($("messages").children.length > 50) $("messages").lastChild.remove();
+}
+
+function listen() {
+  if (!window.EventSource) return;
+  $("messages").innerHTML = ""; // the stream starts with the recent history
+  const events = new EventSource("/events");
+  events.addEventListener("message", (ev) => {
+    try { showMessage(JSON.parse(ev.data)); } catch (_) {}
+  });
+}
+
+async function say(ev) {
+  ev.preventDefault();
+  const input = ev.target.querySelector("input");
+  const text = input.value.trim();
+  if (!text) return;
+  try {
+    const r = await fetch("/api/broadcast", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }),
+    });
+    if (r.ok) input.value = "";
+  } catch (_) {}
+}
+
+const hero = $("hero");
   hero.style.setProperty("--hue", hue(me.instance_id));
   $("served-name").textContent = me.name;
   $("served-addr").textContent = me.addr;
@@ -71,6 +106,9 @@ function render(s) {
   document.title = me.name + " · rollcall";
   $("verdict").textContent = s.verdict;
   $("membership").textContent = "Membership " + s.membership + ".";
+  for (const m of s.members) names[m.instance_id] = m.name;
+  $("relay-mode").textContent = s.relay.hub ? "relayed through hub " + nameOf(s.relay.hub)
+    : s.relay.mode === "relay" ? "relay: " + s.relay.detail : "sent directly to every member";
   const alive = s.members.filter((m) => m.state === "alive").length;
   $("found").textContent = s.expected_replicas ? `${alive} / ${s.expected_replicas}` : String(alive);
   $("members").innerHTML = s.members.map(memberHtml).join("");
@@ -124,8 +162,45 @@ async function callPeers(ev) {
   }
 }
 
+// Messages: this window's replica streams them; names come from the last status seen.
+let names = {};
+for (const li of document.querySelectorAll("#members li[data-id]")) names[li.dataset.id] = li.dataset.name;
+const nameOf = (id) => names[id] || "…" + String(id).slice(-6);
+
+function showMessage(m) {
+  const li = document.createElement("li");
+  const path = m.via.map(nameOf).join(" → ");
+  li.innerHTML = `<span class="text">${esc(m.text)}</span> <span class="path">entered by ${esc(nameOf(m.origin))} · ${esc(path)}</span>`;
+  $("messages").prepend(li);
+  while ($("messages").children.length > 50) $("messages").lastChild.remove();
+}
+
+function listen() {
+  if (!window.EventSource) return;
+  $("messages").innerHTML = ""; // the stream starts with the recent history
+  const events = new EventSource("/events");
+  events.addEventListener("message", (ev) => {
+    try { showMessage(JSON.parse(ev.data)); } catch (_) {}
+  });
+}
+
+async function say(ev) {
+  ev.preventDefault();
+  const input = ev.target.querySelector("input");
+  const text = input.value.trim();
+  if (!text) return;
+  try {
+    const r = await fetch("/api/broadcast", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }),
+    });
+    if (r.ok) input.value = "";
+  } catch (_) {}
+}
+
 const hero = $("hero");
 record(hero.dataset.instance, hero.dataset.name, "reload");
 $("curl").textContent = "curl " + location.origin + "/";
 $("peer-form").addEventListener("submit", callPeers);
+$("say").addEventListener("submit", say);
+listen();
 setTimeout(poll, POLL_MS);

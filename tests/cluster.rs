@@ -432,56 +432,59 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
 }
 
 /// The page in a real headless Chromium: its script polls `/api/status`, redraws the
-/// cluster from the answer, and records each answer in the strip.
+/// cluster from the answer, records each answer in the strip, and shows messages that
+/// cross replicas as they arrive.
 #[tokio::test]
 async fn the_page_goes_live_in_a_real_browser() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("chromium is needed for this test (scripts/test installs it)");
+    use common::browser::{Browser, local_chromedriver, local_curl};
     let port = free_port();
     let a = Replica::start(6, port, &[("SCAN_CIDRS", "127.0.0.6,127.0.0.7")]);
     let b = Replica::start(7, port, &[("SCAN_CIDRS", "127.0.0.6,127.0.0.7")]);
     wait_until_all_see(&[&a, &b]).await;
 
-    let profile = std::env::temp_dir().join(format!("rollcall-chromium-{port}"));
-    let out = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=7000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(a.url("/"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("chromium finished")
-        .expect("chromium ran");
-    let _ = std::fs::remove_dir_all(&profile);
-    let dom = String::from_utf8_lossy(&out.stdout);
-    let polls = dom.matches("<li class=\"poll\"").count();
-    assert!(
-        polls >= 2,
-        "the script polled and recorded answers ({polls}):\n{dom}"
-    );
-    assert_eq!(dom.matches("<li class=\"reload\"").count(), 1, "{dom}");
+    let browser = Browser::start(local_chromedriver, local_curl());
+    browser.goto(&a.url("/"));
+    eventually("the script to poll and record answers", || async {
+        let polls = browser.eval("return document.querySelectorAll('#strip li.poll').length");
+        if polls.as_u64().unwrap_or(0) >= 2 {
+            Ok(())
+        } else {
+            Err(polls.to_string())
+        }
+    })
+    .await;
+    let reloads = browser.eval("return document.querySelectorAll('#strip li.reload').length");
+    assert_eq!(reloads, 1);
     // Members drawn by the script from the polled status, with their direct RTTs.
-    assert!(
-        dom.contains("<strong>r6</strong>") && dom.contains("<strong>r7</strong>"),
-        "{dom}"
-    );
-    assert!(dom.contains(" ms</dd>"), "{dom}");
-    assert!(
-        dom.contains(&format!("curl http://127.0.0.6:{port}/")),
-        "{dom}"
-    );
+    let members = browser
+        .eval("return [...document.querySelectorAll('#members strong')].map(e => e.textContent)");
+    assert_eq!(members, serde_json::json!(["r6", "r7"]));
+    let cells = browser.eval("return document.querySelector('#members').textContent");
+    assert!(cells.as_str().unwrap_or("").contains(" ms"), "{cells}");
+    let curl = browser.eval("return document.querySelector('#curl').textContent");
+    assert_eq!(curl, format!("curl http://127.0.0.6:{port}/").as_str());
+
+    // A message typed here arrives here with its path; one sent to the other replica
+    // crosses over.
+    browser.eval("document.querySelector('#say input').value = 'typed in the page'; document.querySelector('#say button').click(); return 1");
+    let response = client()
+        .post(b.url("/api/broadcast"))
+        .json(&serde_json::json!({ "text": "sent to r7" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    eventually("both messages on the page", || async {
+        let text = browser.eval("return document.querySelector('#messages').textContent");
+        let text = text.as_str().unwrap_or("").to_string();
+        if text.contains("typed in the page")
+            && text.contains("sent to r7")
+            && text.contains("entered by r7 · r7 → r6")
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
 }

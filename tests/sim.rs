@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::{BIN, eventually};
 use serde_json::Value;
 
@@ -132,30 +133,6 @@ async fn wait_for_peers(sim: &Sim, replica: &str, source: &str) -> Value {
         },
     )
     .await
-}
-
-fn chromium(args: &[&str]) -> Output {
-    let profile = std::env::temp_dir().join("rollcall-sim-chromium");
-    let _ = std::fs::remove_dir_all(&profile);
-    let mut all = vec![
-        "exec",
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-    ];
-    let profile_arg = format!("--user-data-dir={}", profile.display());
-    all.push(&profile_arg);
-    all.extend_from_slice(args);
-    let out = sim_cmd(&all);
-    let _ = std::fs::remove_dir_all(&profile);
-    out
 }
 
 #[tokio::test]
@@ -293,34 +270,36 @@ async fn app_platform_topology() {
         // Restarted replicas find each other by scan or by their hellos, whichever is first.
         wait_for_peers(&sim, r, "").await;
     }
-    let dom = chromium(&[
-        "--virtual-time-budget=9000",
-        "--dump-dom",
-        &format!("{FRONT}/"),
-    ]);
-    let dom = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom.contains("<span id=\"found\">3 / 3</span>"), "{dom}");
-    let answered: BTreeSet<&str> = dom
-        .split("<li class=\"poll\"")
-        .skip(1)
-        .filter_map(|li| li.split('>').nth(1).and_then(|t| t.split('<').next()))
-        .collect();
-    assert!(
-        answered.len() >= 2,
-        "the strip shows rotation: {answered:?}"
+    let browser = Browser::start(
+        |port| {
+            Command::new(script())
+                .args(["exec", "chromedriver", &format!("--port={port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver in the simulated network")
+        },
+        Box::new(|args: &[String]| {
+            let mut all = vec!["exec".to_string(), "curl".to_string()];
+            all.extend_from_slice(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            sim_cmd(&all)
+        }),
     );
+    browser.goto(&format!("{FRONT}/"));
+    let answered = eventually("the strip to show rotation over 3 alive members", || async {
+        let found = browser.eval("return document.querySelector('#found').textContent");
+        let names = browser.eval("return [...new Set([...document.querySelectorAll('#strip li')].map(li => li.textContent))]");
+        let distinct = names.as_array().map_or(0, Vec::len);
+        if found == "3 / 3" && distinct >= 2 { Ok(names) } else { Err(format!("{found} {names}")) }
+    })
+    .await;
+    println!("the strip shows {answered}");
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sim-do.png");
-    let shot_arg = format!("--screenshot={}", shot.display());
-    let out = chromium(&[
-        "--window-size=1200,1900",
-        "--virtual-time-budget=7000",
-        &shot_arg,
-        &format!("{FRONT}/"),
-    ]);
+    browser.screenshot(&shot);
     assert!(
-        shot.exists(),
-        "screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
+        shot.metadata().is_ok_and(|m| m.len() > 10_000),
+        "screenshot"
     );
     println!("screenshot: {}", shot.display());
 }

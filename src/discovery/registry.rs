@@ -389,6 +389,58 @@ impl Registry {
         }
     }
 
+    /// The relay hub every replica of `service` should connect to: (cookie, hub instance).
+    pub async fn hub(&self, service: &str) -> Result<Option<(String, String)>, RegistryError> {
+        let row: Option<AnyRow> =
+            sqlx::query("SELECT cookie, hub FROM rollcall_hub WHERE service = $1")
+                .bind(service)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.error(e))?;
+        Ok(row.and_then(|r| Some((r.try_get("cookie").ok()?, r.try_get("hub").ok()?))))
+    }
+
+    /// Records `cookie` as the hub's unless another replica recorded one first (or, with
+    /// `replacing`, unless the stored cookie is no longer that one); returns the hub to use.
+    pub async fn claim_hub(
+        &self,
+        service: &str,
+        cookie: &str,
+        hub: &str,
+        replacing: Option<&str>,
+    ) -> Result<Option<(String, String)>, RegistryError> {
+        let now = self.backend.now_ms();
+        let sql = match replacing {
+            Some(_) => format!(
+                "UPDATE rollcall_hub SET cookie = $2, hub = $3, updated = {now} WHERE service = $1 AND cookie = $4"
+            ),
+            None => format!(
+                "INSERT INTO rollcall_hub (service, cookie, hub, updated) VALUES ($1, $2, $3, {now}) \
+                 ON CONFLICT (service) DO NOTHING"
+            ),
+        };
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(service)
+            .bind(cookie)
+            .bind(hub)
+            .bind(replacing.unwrap_or_default())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.hub(service).await
+    }
+
+    /// Forgets a hub whose cookie stopped working, so the next one can be agreed on.
+    pub async fn release_hub(&self, service: &str, cookie: &str) -> Result<(), RegistryError> {
+        sqlx::query("DELETE FROM rollcall_hub WHERE service = $1 AND cookie = $2")
+            .bind(service)
+            .bind(cookie)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
     /// Deletes our row on graceful shutdown, so peers need not wait for the TTL.
     pub async fn deregister(&self, me: &Identity) {
         let deleted =

@@ -17,6 +17,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     TooMany(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }

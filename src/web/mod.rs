@@ -3,6 +3,7 @@
 mod api;
 mod assets;
 mod error;
+mod events;
 mod health;
 mod page;
 mod peer;
@@ -32,6 +33,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/identity", get(api::identity))
         .route("/api/hello", post(api::hello))
         .route("/api/goodbye", post(api::goodbye))
+        .route("/api/deliver", post(events::deliver))
+        .route("/api/relay", get(events::relay))
+        .route("/api/relay/publish", post(events::relay_publish))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     // What people look at: names and private addresses, by design.
@@ -39,6 +43,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/", get(page::index))
         .route("/api/status", get(api::status))
         .route("/peer", get(peer::call_peers))
+        .route("/events", get(events::events))
+        .route("/api/broadcast", post(events::broadcast))
         .route("/static/{file}", get(assets::serve));
     let app = if node.settings.status_page == "off" {
         core

@@ -12,11 +12,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::status::{MemberView, MethodView, Status};
 use crate::app::Node;
+use crate::broadcast::Message;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "index.html")]
 struct IndexPage {
     s: Status,
+    history: Vec<Message>,
 }
 
 pub async fn index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
@@ -27,7 +29,11 @@ pub async fn index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Respons
         .any(|v| v.contains("text/html"));
     let status = Status::of(&node);
     let mut response = if wants_html {
-        IndexPage { s: status }.into_response()
+        IndexPage {
+            s: status,
+            history: node.broadcaster.history(),
+        }
+        .into_response()
     } else {
         Json(status).into_response()
     };
@@ -115,6 +121,31 @@ impl IndexPage {
             Some(expected) => format!("{} / {expected}", self.s.alive()),
             None => self.s.alive().to_string(),
         }
+    }
+    fn relay_text(&self) -> String {
+        match (&self.s.relay.hub, self.s.relay.mode) {
+            (Some(hub), _) => format!("relayed through hub {}", self.name_of(hub)),
+            (None, "relay") => format!("relay: {}", self.s.relay.detail),
+            _ => "sent directly to every member".into(),
+        }
+    }
+    fn name_of(&self, id: &str) -> String {
+        self.s
+            .members
+            .iter()
+            .find(|m| m.instance_id == id)
+            .map_or_else(
+                || format!("…{}", &id[id.len().saturating_sub(6)..]),
+                |m| m.name.clone(),
+            )
+    }
+    fn path_text(&self, m: &Message) -> String {
+        let path: Vec<String> = m.via.iter().map(|id| self.name_of(id)).collect();
+        format!(
+            "entered by {} · {}",
+            self.name_of(&m.origin),
+            path.join(" → ")
+        )
     }
     fn short_id(&self) -> &str {
         let id = &self.s.me.instance_id;

@@ -10,6 +10,7 @@ use crate::app::Node;
 use crate::discovery::{Evidence, Method, Report};
 use crate::identity::{Identity, SystemFigures};
 use crate::membership::{Member, State};
+use crate::relay::RelayView;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -17,6 +18,8 @@ pub struct Status {
     pub verdict: String,
     /// What admits a member: a proof of CLUSTER_SECRET, or the service name alone.
     pub membership: &'static str,
+    /// How messages travel: directly, or relayed through a hub behind the load balancer.
+    pub relay: RelayView,
     #[serde(rename = "self")]
     pub me: Identity,
     pub members: Vec<MemberView>,
@@ -107,6 +110,7 @@ impl Status {
             .collect();
         Status {
             verdict: verdict(&members, &discovery),
+            relay: node.relay.view(),
             membership: if node.settings.cluster_secret.is_some() {
                 "proven: members answer a fresh CLUSTER_SECRET challenge"
             } else {

@@ -108,12 +108,17 @@ impl Drop for Replica {
     }
 }
 
+/// One HTTP client per test thread (building one loads TLS roots, which is slow; sharing
+/// one across tests would share connections between their runtimes).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client")
+    thread_local! {
+        static CLIENT: reqwest::Client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .expect("client");
+    }
+    CLIENT.with(|c| c.clone())
 }
 
 pub async fn get_json(url: &str) -> Option<Value> {
@@ -291,3 +296,4 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+pub mod browser;

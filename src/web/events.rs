@@ -1,0 +1,285 @@
+//! Messages across replicas: `/events` streams them (and membership changes) to browsers,
+//! `/api/broadcast` takes one in, `/api/deliver` passes one directly between members, and
+//! `/api/relay` + `/api/relay/publish` make this replica a hub for replicas that can only
+//! reach it through the load balancer.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+use super::ApiError;
+use crate::app::Node;
+use crate::broadcast::{MAX_TEXT, Message};
+use crate::membership::{Snapshot, State as MemberState};
+use crate::verify::clip;
+
+/// What one stream has yet to send, and what it watches.
+struct Feed {
+    messages: broadcast::Receiver<Message>,
+    members: Option<watch::Receiver<Arc<Snapshot>>>,
+    shutdown: watch::Receiver<bool>,
+    pending: VecDeque<Event>,
+    states: HashMap<String, MemberState>,
+    _subscriber: Option<Subscriber>,
+}
+
+fn message_event(m: &Message) -> Event {
+    Event::default()
+        .event("message")
+        .id(m.id.clone())
+        .data(serde_json::to_string(m).unwrap_or_default())
+}
+
+impl Feed {
+    /// Membership changes since the last look, as `member` events.
+    fn member_events(&mut self) {
+        let Some(rx) = &mut self.members else { return };
+        let snapshot = rx.borrow_and_update().clone();
+        let mut seen = HashMap::new();
+        for m in &snapshot.members {
+            let id = &m.identity.instance_id;
+            seen.insert(id.clone(), m.state);
+            if self.states.get(id) != Some(&m.state) {
+                let data = json!({ "instance_id": id, "name": m.identity.name,
+                    "addr": m.identity.addr, "state": m.state });
+                self.pending
+                    .push_back(Event::default().event("member").data(data.to_string()));
+            }
+        }
+        for gone in self.states.keys().filter(|id| !seen.contains_key(*id)) {
+            let data = json!({ "instance_id": gone, "state": "forgotten" });
+            self.pending
+                .push_back(Event::default().event("member").data(data.to_string()));
+        }
+        self.states = seen;
+    }
+}
+
+async fn members_changed(members: &mut Option<watch::Receiver<Arc<Snapshot>>>) -> bool {
+    match members {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.pending.pop_front() {
+                return Some((Ok(event), feed));
+            }
+            if *feed.shutdown.borrow() {
+                return None;
+            }
+            tokio::select! {
+                message = feed.messages.recv() => match message {
+                    Ok(m) => feed.pending.push_back(message_event(&m)),
+                    // A slow reader misses messages rather than holding memory for them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                alive = members_changed(&mut feed.members) => {
+                    if !alive { feed.members = None; }
+                    feed.member_events();
+                },
+                _ = feed.shutdown.changed() => return None,
+            }
+        }
+    })
+}
+
+fn feed(node: &Node, members: bool, subscriber: Option<Subscriber>) -> Feed {
+    let messages = node.broadcaster.subscribe();
+    let mut feed = Feed {
+        messages,
+        members: members.then(|| node.membership.subscribe()),
+        shutdown: node.shutdown.subscribe(),
+        pending: VecDeque::new(),
+        states: HashMap::new(),
+        _subscriber: subscriber,
+    };
+    if members {
+        feed.pending
+            .extend(node.broadcaster.history().iter().map(message_event));
+        feed.member_events();
+    }
+    feed
+}
+
+/// `GET /events`: recent messages, then live ones and membership changes.
+pub async fn events(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Sse::new(stream(feed(&node, true, None))).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TextBody {
+    text: String,
+}
+
+/// `POST /api/broadcast`: `{"text": …}` as JSON, or a form field `text`.
+pub async fn broadcast(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let parsed: TextBody = if form {
+        serde_urlencoded::from_bytes(&body)
+            .map_err(|e| ApiError::BadRequest(format!("form: {e}")))?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("expected {{\"text\": \"…\"}}: {e}")))?
+    };
+    let text = parsed.text.trim().to_string();
+    if text.is_empty() {
+        return Err(ApiError::BadRequest("text is empty".into()));
+    }
+    if text.len() > MAX_TEXT {
+        return Err(ApiError::TooLarge(format!("text is over {MAX_TEXT} bytes")));
+    }
+    let message = Message::new(text, node.me.id());
+    node.broadcaster.deliver(message.clone());
+    let mut delivered = vec![node.me.id().to_string()];
+    delivered.extend(fan_out(&node, &message).await);
+    delivered.extend(crate::relay::publish(&node, &message).await);
+    dedup(&mut delivered);
+    Ok(Json(json!({ "id": message.id, "delivered_to": delivered })))
+}
+
+fn dedup(ids: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
+}
+
+/// Sends a message directly to every alive member; the ones that took it.
+async fn fan_out(node: &Node, message: &Message) -> Vec<String> {
+    let snapshot = node.membership.snapshot();
+    let calls = snapshot
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .map(|m| async move {
+            node.client
+                .tell(m.identity.addr, "/api/deliver", message)
+                .await
+                .ok()
+                .map(|_| m.identity.instance_id.clone())
+        });
+    join_all(calls).await.into_iter().flatten().collect()
+}
+
+/// `POST /api/deliver`: a message from a member, for this replica's clients.
+pub async fn deliver(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    body: Result<Json<Message>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(message) = body?;
+    let caller = caller.ip().to_canonical();
+    let from_member =
+        node.membership.snapshot().members.iter().any(|m| {
+            m.state == MemberState::Alive && m.identity.addr.ip().to_canonical() == caller
+        });
+    if !from_member {
+        return Err(ApiError::Forbidden(format!("{caller} is not a member")));
+    }
+    if !message.plausible() {
+        return Err(ApiError::BadRequest("not a plausible message".into()));
+    }
+    let fresh = node.broadcaster.deliver(message);
+    Ok(Json(
+        json!({ "delivered_by": node.me.id(), "duplicate": !fresh }),
+    ))
+}
+
+/// Counts a replica connected to this one as its hub, for as long as the stream lives.
+struct Subscriber {
+    node: Arc<Node>,
+    id: String,
+}
+
+impl Subscriber {
+    fn new(node: Arc<Node>, id: String) -> Subscriber {
+        if let Ok(mut subs) = node.relay_subscribers.lock() {
+            *subs.entry(id.clone()).or_insert(0) += 1;
+        }
+        Subscriber { node, id }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Ok(mut subs) = self.node.relay_subscribers.lock()
+            && let Some(n) = subs.get_mut(&self.id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                subs.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayQuery {
+    from: String,
+}
+
+/// `GET /api/relay?from=ID`: a replica that reached this one through the load balancer
+/// takes it as its hub and receives every message here. The `x-rollcall-hub` header says
+/// which replica it landed on.
+pub async fn relay(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<RelayQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let from = clip(&query.from);
+    if from.is_empty() || !from.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::BadRequest("from must be an instance id".into()));
+    }
+    let subscriber = Subscriber::new(node.clone(), from);
+    let sse =
+        Sse::new(stream(feed(&node, false, Some(subscriber)))).keep_alive(KeepAlive::default());
+    let mut response = sse.into_response();
+    if let Ok(hub) = HeaderValue::from_str(node.me.id()) {
+        response.headers_mut().insert("x-rollcall-hub", hub);
+    }
+    Ok(response)
+}
+
+/// `POST /api/relay/publish`: a message for every replica connected to this hub.
+pub async fn relay_publish(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<Message>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(message) = body?;
+    if !message.plausible() {
+        return Err(ApiError::BadRequest("not a plausible message".into()));
+    }
+    node.broadcaster.deliver(message.clone());
+    let mut delivered = vec![node.me.id().to_string()];
+    if let Ok(subs) = node.relay_subscribers.lock() {
+        delivered.extend(subs.keys().cloned());
+    }
+    delivered.extend(fan_out(&node, &message).await);
+    dedup(&mut delivered);
+    Ok(Json(json!({ "id": message.id, "delivered_to": delivered })))
+}
