@@ -241,22 +241,17 @@ pub async fn run(node: Arc<Node>) {
         tracing::info!(%hub, "relay connected");
         let mut response = response;
         let mut reader = SseReader::default();
-        loop {
-            match response.chunk().await {
-                Ok(Some(bytes)) => match reader.feed(&bytes) {
-                    Ok(events) => {
-                        for (event, data) in events {
-                            if event == "message"
-                                && let Ok(message) = serde_json::from_str::<Message>(&data)
-                                && message.plausible()
-                            {
-                                node.broadcaster.deliver(message);
-                            }
-                        }
-                    }
-                    Err(_) => break,
-                },
-                _ => break,
+        while let Ok(Some(bytes)) = response.chunk().await {
+            let Ok(events) = reader.feed(&bytes) else {
+                break;
+            };
+            for (event, data) in events {
+                if event == "message"
+                    && let Ok(message) = serde_json::from_str::<Message>(&data)
+                    && message.plausible()
+                {
+                    node.broadcaster.deliver(message);
+                }
             }
         }
         tracing::warn!(%hub, "relay connection lost; agreeing on the next hub");

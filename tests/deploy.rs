@@ -114,7 +114,7 @@ async fn app_platform_spec_matches_the_program() {
     for env in envs {
         let key = str_of(env, "key");
         let value = str_of(env, "value");
-        if key == "DATABASE_URL" || key == "ROLLCALL_PLATFORM" {
+        if ["DATABASE_URL", "ROLLCALL_PLATFORM", "PUBLIC_URL"].contains(&key) {
             continue; // filled in by the platform / read as a platform variable
         }
         argv.push(format!(

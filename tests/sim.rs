@@ -135,6 +135,72 @@ async fn wait_for_peers(sim: &Sim, replica: &str, source: &str) -> Value {
     .await
 }
 
+/// An `/events` stream read by curl inside the simulated network.
+struct StreamTap {
+    child: std::process::Child,
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl StreamTap {
+    fn open(url: &str) -> StreamTap {
+        let mut child = Command::new(script())
+            .args(["exec", "curl", "-sN", url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("curl for /events");
+        let text: std::sync::Arc<std::sync::Mutex<String>> = Default::default();
+        let sink = text.clone();
+        let mut out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut t) = sink.lock() {
+                    t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        StreamTap { child, text }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.text().contains(id)
+    }
+}
+
+impl Drop for StreamTap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a message through one replica; its id.
+fn say(sim: &Sim, replica: &str, text: &str) -> String {
+    let body = serde_json::json!({ "text": text }).to_string();
+    let url = sim.replica_url(replica, "/api/broadcast");
+    let out = sim_cmd(&[
+        "exec",
+        "curl",
+        "-fsS",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &body,
+        &url,
+    ]);
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    reply["id"].as_str().unwrap_or("no id").to_string()
+}
+
 #[tokio::test]
 async fn app_platform_topology() {
     if !can_simulate() {
@@ -330,7 +396,7 @@ async fn dokku_topology_finds_replicas_by_dns_alone() {
 }
 
 #[tokio::test]
-async fn isolated_topology_says_replicas_cannot_reach_each_other() {
+async fn isolated_topology_relays_through_the_load_balancer() {
     if !can_simulate() {
         return;
     }
@@ -371,6 +437,79 @@ async fn isolated_topology_says_replicas_cannot_reach_each_other() {
         )
         .await;
     }
+    // Messages still cross: every replica relays through one hub behind the load balancer.
+    let ids: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|r| {
+            sim.status_of(r).unwrap()["self"]["instance_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let hub = eventually("all three to agree on one hub", || async {
+        let hubs: BTreeSet<String> = ["a", "b", "c"]
+            .iter()
+            .filter_map(|r| sim.status_of(r).ok())
+            .filter_map(|s| s["relay"]["hub"].as_str().map(str::to_string))
+            .collect();
+        let count = ["a", "b", "c"]
+            .iter()
+            .filter_map(|r| sim.status_of(r).ok())
+            .filter(|s| s["relay"]["hub"].is_string())
+            .count();
+        if hubs.len() == 1 && count == 3 {
+            Ok(hubs.into_iter().next().unwrap())
+        } else {
+            Err(format!("{hubs:?}"))
+        }
+    })
+    .await;
+    let listeners: Vec<StreamTap> = ["a", "b", "c"]
+        .iter()
+        .map(|r| StreamTap::open(&sim.replica_url(r, "/events")))
+        .collect();
+    let hub_at = ids
+        .iter()
+        .position(|id| *id == hub)
+        .expect("the hub is one of the replicas");
+    let sender = ["a", "b", "c"][(hub_at + 1) % 3];
+    let first = say(&sim, sender, "hello through the hub");
+    for tap in &listeners {
+        eventually("the message on every replica's stream", || async {
+            if tap.contains(&first) {
+                Ok(())
+            } else {
+                Err(tap.text())
+            }
+        })
+        .await;
+    }
+    // The hub dies: the others agree on the next one and messages flow again.
+    let hub_name = ["a", "b", "c"][hub_at];
+    sim_ok(&["kill", hub_name]);
+    let killed = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != hub_at).collect();
+    let (from, to) = (["a", "b", "c"][survivors[0]], &listeners[survivors[1]]);
+    let mut attempt = 0;
+    eventually("a message to cross again after the hub died", || {
+        attempt += 1;
+        let id = say(&sim, from, &format!("after failover {attempt}"));
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if to.contains(&id) {
+                Ok(())
+            } else {
+                Err(format!("attempt {attempt}"))
+            }
+        }
+    })
+    .await;
+    println!(
+        "relay failover: messages crossed again {:?} after the hub was killed",
+        killed.elapsed()
+    );
+
     // The load balancer pins a client with its affinity cookie.
     let headers = sim_cmd(&[
         "exec",

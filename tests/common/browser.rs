@@ -104,20 +104,14 @@ impl Browser {
         let png = call(&self.curl, "GET", &self.url("/screenshot"), None)
             .and_then(|v| v.as_str().map(str::to_string))
             .expect("a screenshot");
-        let mut decode = Command::new("base64")
+        let encoded = path.with_extension("b64");
+        std::fs::write(&encoded, png).expect("write base64");
+        let out = Command::new("base64")
             .arg("-d")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("base64");
-        use std::io::Write;
-        decode
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(png.as_bytes())
-            .expect("write");
-        let out = decode.wait_with_output().expect("decode");
+            .arg(&encoded)
+            .output()
+            .expect("base64 -d");
+        let _ = std::fs::remove_file(&encoded);
         std::fs::write(path, out.stdout).expect("write screenshot");
     }
 }
