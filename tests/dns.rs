@@ -220,6 +220,14 @@ async fn seed_peers_by_address_and_by_name() {
     let c = Replica::start(4, port, &quiet);
     // a knows b and c from its seeds; they learn of a when a says hello. (Members do not
     // pass on what they know: b and c learn of each other only through their own sources.)
+    wait_for_evidence(
+        &a,
+        "seed",
+        &format!("seed.test:{port}"),
+        "works",
+        "a replica",
+    )
+    .await;
     wait_until_lists(&a, &[&a, &b, &c]).await;
     wait_until_lists(&b, &[&a, &b]).await;
     wait_until_lists(&c, &[&a, &c]).await;

@@ -14,6 +14,16 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// `records`: (name, address) pairs; a name may appear several times.
     pub fn start(records: &[(&str, &str)]) -> Dnsmasq {
+        // A port picked free can be taken again before dnsmasq binds it: retry then.
+        for _ in 0..5 {
+            if let Some(dns) = Dnsmasq::try_start(records) {
+                return dns;
+            }
+        }
+        panic!("dnsmasq did not start on a free port");
+    }
+
+    fn try_start(records: &[(&str, &str)]) -> Option<Dnsmasq> {
         let port = UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .map(|a| a.port())
@@ -45,21 +55,25 @@ impl Dnsmasq {
         for (name, addr) in records {
             cmd.arg(format!("--host-record={name},{addr}"));
         }
-        let child = cmd.spawn().expect("start dnsmasq");
-        let dns = Dnsmasq {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        // Ready when the port is taken.
+        let mut child = cmd.spawn().expect("start dnsmasq");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Ready when the port is taken and our dnsmasq is still running (not a failed bind).
         let start = Instant::now();
-        while UdpSocket::bind(dns.addr).is_ok() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "dnsmasq did not start"
-            );
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if UdpSocket::bind(addr).is_err() {
+                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(Some(_)) = child.try_wait() {
+                    return None;
+                }
+                return Some(Dnsmasq { child, addr });
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        dns
+        let _ = child.kill();
+        None
     }
 }
 
