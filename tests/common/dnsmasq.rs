@@ -73,6 +73,7 @@ impl Dnsmasq {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
+        let _ = child.wait();
         None
     }
 }
