@@ -21,6 +21,9 @@ use crate::identity::Platform;
 /// /24s 0, 6 and 33.
 pub const AUTO_SUBNETS: u32 = 64;
 
+/// Pauses before the 2nd, 3rd and 4th scans, in seconds; then SCAN_INTERVAL_SECS.
+const EARLY_RESCANS: &[u64] = &[2, 3, 5];
+
 /// The ranges to scan, or why there is no scan.
 pub fn plan(
     setting: &ScanCidrs,
@@ -145,10 +148,18 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
     tracing::info!(%ranges, ?ports, addresses = total, "subnet scan planned");
     let me = node.me.addr();
     let timeout = Duration::from_millis(settings.scan_timeout_ms);
-    let mut ticker = tokio::time::interval(Duration::from_secs(settings.scan_interval_secs));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = Duration::from_secs(settings.scan_interval_secs);
+    let mut pauses = EARLY_RESCANS
+        .iter()
+        .map(|&s| Duration::from_secs(s).min(interval));
+    let mut first = true;
     loop {
-        ticker.tick().await;
+        // Replicas that start together may each scan before the others listen: look again
+        // soon after start-up, then settle into the interval.
+        if !first {
+            tokio::time::sleep(pauses.next().unwrap_or(interval)).await;
+        }
+        first = false;
         let started = Instant::now();
         let hits = scan_once(
             targets(&nets, &ports).filter(|a| *a != me),
