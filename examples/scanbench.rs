@@ -1,7 +1,8 @@
 //! Scan benchmark, run by `scripts/bench` inside the simulator's `do` namespace (absent
 //! hosts time out as on a real pod network). Prints one JSON line.
 //!
-//!   scanbench rollcall PORT     64 /24s of 127.0.0.0/16, rollcall's scan, default settings
+//!   scanbench rollcall PORT [N] 64 /24s of 127.0.0.0/16, rollcall's scan, default settings
+//!                               (or N connects in flight)
 //!   scanbench naive PORT        the method other demos use: 100 threads, blocking connects
 //!                               with a 100 ms timeout, 50 /24s
 
@@ -55,6 +56,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("rollcall");
     let port: u16 = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let in_flight: usize = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(2048);
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let started = Instant::now();
     let (addresses, found) = match mode {
@@ -63,7 +65,12 @@ async fn main() {
             let nets = subnets(AUTO_SUBNETS);
             let total = targets(&nets, &[port]).count();
             // The defaults: 2,048 connects in flight, 250 ms timeout.
-            let found = scan_once(targets(&nets, &[port]), 2048, Duration::from_millis(250)).await;
+            let found = scan_once(
+                targets(&nets, &[port]),
+                in_flight,
+                Duration::from_millis(250),
+            )
+            .await;
             (total, found)
         }
     };
@@ -71,7 +78,7 @@ async fn main() {
     let found: Vec<String> = found.iter().map(|a| a.to_string()).collect();
     println!(
         "{}",
-        serde_json::json!({ "mode": mode, "addresses": addresses, "seconds": secs,
+        serde_json::json!({ "mode": mode, "in_flight": in_flight, "addresses": addresses, "seconds": secs,
             "per_second": addresses as f64 / secs, "found": found })
     );
 }
