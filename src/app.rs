@@ -33,6 +33,7 @@ pub struct Node {
     pub registry: Option<Arc<Registry>>,
     pub broadcaster: Broadcaster,
     pub relay: Relay,
+    pub metrics: crate::metrics::Metrics,
     /// Replicas connected to this one as their relay hub (instance id → connections).
     pub relay_subscribers: Mutex<HashMap<String, usize>>,
     /// Turns true when shutdown begins: long-lived streams end so draining can finish.
@@ -47,6 +48,15 @@ impl Node {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// This replica's identity with its mesh row and view hash, as peers and pages see it.
+    pub fn published_identity(&self) -> crate::identity::Identity {
+        let snapshot = self.membership.snapshot();
+        let mut identity = self.me.identity();
+        identity.mesh = Some(snapshot.mesh_row(std::time::Instant::now()));
+        identity.view_hash = Some(snapshot.view_hash(self.me.id()));
+        identity
     }
 }
 
@@ -122,6 +132,7 @@ impl Application {
             registry,
             broadcaster: Broadcaster::new(me_id.as_str()),
             relay: Relay::default(),
+            metrics: crate::metrics::Metrics::default(),
             relay_subscribers: Mutex::default(),
             shutdown: watch::channel(false).0,
             ready: AtomicBool::new(false),

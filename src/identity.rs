@@ -1,6 +1,7 @@
 //! Who this replica is: a random incarnation id, names, the address peers should call,
 //! the platform it runs on, and system figures refreshed in the background.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +29,24 @@ pub struct Identity {
     /// The answer to a challenge (`/api/identity?nonce=…`) when CLUSTER_SECRET is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
+    /// This replica's row of the mesh: its own direct probes of every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<BTreeMap<String, MeshCell>>,
+    /// A short hash of the member set this replica sees (views agree when hashes match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_hash: Option<String>,
+}
+
+/// One replica's latest direct probe of another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshCell {
+    pub ok: bool,
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    #[serde(default)]
+    pub last_ok_ms_ago: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -272,6 +291,8 @@ impl Me {
                 platform: platform.name.into(),
                 system: SystemFigures::default(),
                 proof: None,
+                mesh: None,
+                view_hash: None,
             },
             platform,
             figures: RwLock::new(SystemFigures::default()),

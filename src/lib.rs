@@ -20,6 +20,7 @@ pub mod demo;
 pub mod discovery;
 pub mod identity;
 pub mod membership;
+pub mod metrics;
 pub mod prober;
 pub mod proof;
 pub mod relay;

@@ -4,7 +4,7 @@
 //! the same address. Only verification and the prober write here; everyone else reads
 //! snapshots, which are cheap to clone and never wait on discovery.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::discovery::Method;
-use crate::identity::Identity;
+use crate::identity::{Identity, MeshCell};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -371,6 +371,136 @@ pub struct Membership {
     table: Mutex<Table>,
     timing: Timing,
     published: watch::Sender<Arc<Snapshot>>,
+    timeline: Mutex<VecDeque<TimelineEvent>>,
+}
+
+/// Events kept for the timeline.
+const TIMELINE: usize = 100;
+
+/// Something that happened to the cluster, as this replica saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEvent {
+    pub at: String,
+    /// joined, alive, suspect, dead, left, restarted, conflict, forgotten, foreign, alias,
+    /// or a source's error (registry, dns).
+    pub kind: String,
+    pub instance_id: Option<String>,
+    pub name: Option<String>,
+    pub addr: Option<SocketAddr>,
+    pub detail: String,
+}
+
+fn event(
+    kind: &str,
+    member: Option<&Member>,
+    addr: Option<SocketAddr>,
+    detail: String,
+) -> TimelineEvent {
+    TimelineEvent {
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        kind: kind.to_string(),
+        instance_id: member.map(|m| m.identity.instance_id.clone()),
+        name: member.map(|m| m.identity.name.clone()),
+        addr: member.map(|m| m.identity.addr).or(addr),
+        detail,
+    }
+}
+
+/// What changed between two snapshots, as timeline events.
+fn changes(old: &Snapshot, new: &Snapshot) -> Vec<TimelineEvent> {
+    let mut events = Vec::new();
+    for m in &new.members {
+        let before = old.member(&m.identity.instance_id);
+        let detail = m.last_error.clone().unwrap_or_default();
+        match before {
+            None => events.push(event(
+                "joined",
+                Some(m),
+                None,
+                m.sources
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+            Some(b) if b.state != m.state => {
+                let kind = match (m.state, &m.replaced_by) {
+                    (State::Dead, Some(_)) => "restarted",
+                    (State::Alive, _) => "alive",
+                    (State::Suspect, _) => "suspect",
+                    (State::Dead, None) => "dead",
+                    (State::Left, _) => "left",
+                };
+                events.push(event(kind, Some(m), None, detail));
+            }
+            Some(b) if b.conflict_with.is_none() && m.conflict_with.is_some() => {
+                events.push(event("conflict", Some(m), None, detail));
+            }
+            _ => {}
+        }
+    }
+    for m in &old.members {
+        if new.member(&m.identity.instance_id).is_none() {
+            events.push(event("forgotten", Some(m), None, String::new()));
+        }
+    }
+    for (addr, f) in &new.foreign {
+        if !old.foreign.iter().any(|(a, _)| a == addr) {
+            events.push(event("foreign", None, Some(*addr), f.reason.clone()));
+        }
+    }
+    for (addr, _) in &new.aliases {
+        if !old.aliases.iter().any(|(a, _)| a == addr) {
+            events.push(event(
+                "alias",
+                None,
+                Some(*addr),
+                "load-balanced address".into(),
+            ));
+        }
+    }
+    events
+}
+
+impl Snapshot {
+    /// This replica's row of the mesh: its latest direct probe of every member.
+    pub fn mesh_row(&self, now: Instant) -> BTreeMap<String, MeshCell> {
+        self.members
+            .iter()
+            .filter(|m| m.state != State::Left)
+            .map(|m| {
+                let cell = MeshCell {
+                    ok: m.state == State::Alive,
+                    rtt_ms: m.rtt_ms.map(|r| (r * 100.0).round() / 100.0),
+                    last_ok_ms_ago: Some(
+                        now.saturating_duration_since(m.last_ok).as_millis() as u64
+                    ),
+                    error: m.last_error.as_ref().map(|e| e.chars().take(120).collect()),
+                };
+                (m.identity.instance_id.clone(), cell)
+            })
+            .collect()
+    }
+
+    /// A short hash of the alive member set, this replica included.
+    pub fn view_hash(&self, me: &str) -> String {
+        let mut ids: Vec<&str> = self
+            .members
+            .iter()
+            .filter(|m| m.state == State::Alive)
+            .map(|m| m.identity.instance_id.as_str())
+            .chain([me])
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let hash = ids
+            .iter()
+            .flat_map(|id| id.bytes().chain([b',']))
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        format!("{hash:016x}")[..12].to_string()
+    }
 }
 
 impl Membership {
@@ -381,6 +511,7 @@ impl Membership {
             table: Mutex::new(table),
             timing,
             published,
+            timeline: Mutex::default(),
         }
     }
 
@@ -402,8 +533,41 @@ impl Membership {
         let now = Instant::now();
         let mut table = self.lock();
         let result = f(&mut table, now);
-        self.published.send_replace(Arc::new(table.snapshot()));
+        self.publish(table.snapshot());
         result
+    }
+
+    /// Publishes a snapshot and records what changed on the timeline.
+    fn publish(&self, snapshot: Snapshot) {
+        let old = self.published.send_replace(Arc::new(snapshot));
+        let new = self.snapshot();
+        let events = changes(&old, &new);
+        if !events.is_empty()
+            && let Ok(mut timeline) = self.timeline.lock()
+        {
+            timeline.extend(events);
+            while timeline.len() > TIMELINE {
+                timeline.pop_front();
+            }
+        }
+    }
+
+    /// Records something a source ran into (a registry or DNS error).
+    pub fn note(&self, kind: &str, detail: String) {
+        if let Ok(mut timeline) = self.timeline.lock() {
+            timeline.push_back(event(kind, None, None, detail));
+            while timeline.len() > TIMELINE {
+                timeline.pop_front();
+            }
+        }
+    }
+
+    /// The last events, oldest first.
+    pub fn timeline(&self) -> Vec<TimelineEvent> {
+        self.timeline
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn admit(&self, identity: Identity, method: Method, rtt_ms: f64) -> Admission {
@@ -458,7 +622,7 @@ impl Membership {
         let now = Instant::now();
         let mut table = self.lock();
         if table.tick(now, self.timing) {
-            self.published.send_replace(Arc::new(table.snapshot()));
+            self.publish(table.snapshot());
         }
     }
 }
@@ -483,6 +647,8 @@ mod tests {
             platform: "local".into(),
             system: Default::default(),
             proof: None,
+            mesh: None,
+            view_hash: None,
         }
     }
 

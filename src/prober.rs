@@ -39,7 +39,15 @@ pub async fn run_clock(node: Arc<Node>) {
 
 async fn probe(node: &Node, member: &Member) {
     let id = &member.identity.instance_id;
-    match crate::verify::ask(node, member.identity.addr).await {
+    let answer = crate::verify::ask(node, member.identity.addr).await;
+    let rtt = match &answer {
+        Ok(reply) if reply.identity.instance_id == *id => {
+            Some(std::time::Duration::from_secs_f64(reply.rtt_ms / 1000.0))
+        }
+        _ => None,
+    };
+    node.metrics.probe(rtt);
+    match answer {
         // Displaced from its address, yet it answers there: two instances share it, which
         // admission records as a conflict.
         Ok(reply) if reply.identity.instance_id == *id && member.replaced_by.is_some() => {

@@ -68,6 +68,8 @@ mod tests {
             platform: String::new(),
             system: Default::default(),
             proof,
+            mesh: None,
+            view_hash: None,
         }
     }
 

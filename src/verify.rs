@@ -93,6 +93,9 @@ fn plausible(identity: &Identity) -> Result<(), String> {
     if identity.name.len() > 253 || identity.service.len() > 253 {
         return Err("name or service longer than 253 bytes".into());
     }
+    if identity.mesh.as_ref().is_some_and(|row| row.len() > 1024) {
+        return Err("mesh row of more than 1,024 members".into());
+    }
     if identity.addr.ip().is_unspecified() || identity.addr.port() == 0 {
         return Err(format!("claims unusable address {}", identity.addr));
     }
@@ -119,6 +122,8 @@ mod tests {
             platform: String::new(),
             system: Default::default(),
             proof: None,
+            mesh: None,
+            view_hash: None,
         }
     }
 

@@ -60,44 +60,36 @@ function notMembersHtml(s) {
   return rows.length ? rows.join("") : '<li class="muted">nothing else answered</li>';
 }
 
+function meshHtml(s) {
+  const ids = Object.keys(s.mesh);
+  let html = "<tr><th>from \\ to</th>" + ids.map((id) => `<th>${esc(nameOf(id))}</th>`).join("") + "</tr>";
+  for (const from of ids) {
+    html += `<tr><th>${esc(nameOf(from))}</th>`;
+    for (const to of ids) {
+      const c = (s.mesh[from] || {})[to];
+      if (from === to) html += '<td class="self">·</td>';
+      else if (!c) html += '<td class="none">?</td>';
+      else if (c.ok) {
+        const rtt = c.rtt_ms || 0;
+        html += `<td class="${rtt < 1 ? "fast" : rtt < 5 ? "ok" : "slow"}">${rtt.toFixed(2)} ms</td>`;
+      } else html += `<td class="fail" title="${esc(c.error || "no answer")}">✗</td>`;
+    }
+    html += "</tr>";
+  }
+  return html;
+}
+
+function timelineHtml(s) {
+  return s.timeline.slice(-30).reverse().map((e) => {
+    const subject = e.name ? `${e.name} ${e.addr}` : e.addr || "";
+    return `<li><span class="t">${esc(e.at)}</span> <b>${esc(e.kind)}</b> ${esc(subject)} <span class="muted">${esc(e.detail)}</span></li>`;
+  }).join("");
+}
+
 function render(s) {
+  for (const m of s.members) names[m.instance_id] = m.name;
   const me = s.self;
-  // Messages: this window's replica streams them; names come from the last status seen.
-let names = {};
-for (const li of document.querySelectorAll("#members li[data-id]")) names[li.dataset.id] = li.dataset.name;
-const nameOf = (id) => names[id] || "…" + String(id).slice(-6);
-
-function showMessage(m) {
-  const li = document.createElement("li");
-  const path = m.via.map(nameOf).join(" → ");
-  li.innerHTML = `<span class="text">${esc(m.text)}</span> <span class="path">entered by ${esc(nameOf(m.origin))} · ${esc(path)}</span>`;
-  $("messages").prepend(li);
-  while ($("messages").children.length > 50) $("messages").lastChild.remove();
-}
-
-function listen() {
-  if (!window.EventSource) return;
-  $("messages").innerHTML = ""; // the stream starts with the recent history
-  const events = new EventSource("/events");
-  events.addEventListener("message", (ev) => {
-    try { showMessage(JSON.parse(ev.data)); } catch (_) {}
-  });
-}
-
-async function say(ev) {
-  ev.preventDefault();
-  const input = ev.target.querySelector("input");
-  const text = input.value.trim();
-  if (!text) return;
-  try {
-    const r = await fetch("/api/broadcast", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }),
-    });
-    if (r.ok) input.value = "";
-  } catch (_) {}
-}
-
-const hero = $("hero");
+  const hero = $("hero");
   hero.style.setProperty("--hue", hue(me.instance_id));
   $("served-name").textContent = me.name;
   $("served-addr").textContent = me.addr;
@@ -114,6 +106,12 @@ const hero = $("hero");
   $("members").innerHTML = s.members.map(memberHtml).join("");
   $("discovery").innerHTML = s.discovery.map(methodHtml).join("");
   $("not-members").innerHTML = notMembersHtml(s);
+  $("mesh").innerHTML = meshHtml(s);
+  $("timeline").innerHTML = timelineHtml(s);
+  const distinct = new Set(Object.values(s.views)).size;
+  $("views").textContent = s.converged
+    ? `views agree (${Object.keys(s.views).length} replicas, view ${s.view_hash})`
+    : `split views: ${distinct} different member sets`;
 }
 
 // The strip survives reloads (sessionStorage), so reloads and polls read as one history.

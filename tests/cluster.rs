@@ -461,6 +461,10 @@ async fn the_page_goes_live_in_a_real_browser() {
     assert_eq!(members, serde_json::json!(["r6", "r7"]));
     let cells = browser.eval("return document.querySelector('#members').textContent");
     assert!(cells.as_str().unwrap_or("").contains(" ms"), "{cells}");
+    let mesh = browser.eval(
+        "return document.querySelectorAll('#mesh td.fast, #mesh td.ok, #mesh td.slow').length",
+    );
+    assert_eq!(mesh, 2, "the 2×2 mesh shows both direct calls");
     let curl = browser.eval("return document.querySelector('#curl').textContent");
     assert_eq!(curl, format!("curl http://127.0.0.6:{port}/").as_str());
 
@@ -486,5 +490,80 @@ async fn the_page_goes_live_in_a_real_browser() {
             Err(text)
         }
     })
+    .await;
+}
+
+/// Every replica publishes its row of direct probes and a hash of its view: any replica
+/// shows the whole N×N matrix, says when views agree, keeps a timeline, and exports metrics.
+#[tokio::test]
+async fn mesh_views_timeline_and_metrics() {
+    let port = free_port();
+    let a = Replica::start(2, port, &[]);
+    let b = Replica::start(3, port, &[]);
+    let mut c = Some(Replica::start(4, port, &[]));
+    wait_until_all_see(&[&a, &b, c.as_ref().unwrap()]).await;
+    let status = eventually(
+        "a full 3×3 mesh, all direct calls ok, views agreeing",
+        || async {
+            let s = get_json(&a.url("/api/status")).await.ok_or("no status")?;
+            let rows = s["mesh"].as_object().cloned().unwrap_or_default();
+            let ok_cells = rows
+                .values()
+                .flat_map(|row| row.as_object().cloned().unwrap_or_default().into_values())
+                .filter(|cell| cell["ok"] == true && cell["rtt_ms"].as_f64().is_some())
+                .count();
+            if rows.len() == 3 && ok_cells == 6 && s["converged"] == true {
+                Ok(s)
+            } else {
+                Err(s["mesh"].to_string())
+            }
+        },
+    )
+    .await;
+    let hash = status["view_hash"].as_str().unwrap().to_string();
+    for r in [&b, c.as_ref().unwrap()] {
+        let s = get_json(&r.url("/api/status")).await.unwrap();
+        assert_eq!(
+            s["view_hash"],
+            hash.as_str(),
+            "all replicas see the same members"
+        );
+    }
+    let metrics = client()
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "rollcall_members{state=\"alive\"} 3",
+        "rollcall_http_requests_total{route=\"/api/status\",status=\"200\"}",
+        "rollcall_probe_rtt_seconds_count",
+        "# TYPE rollcall_probes_total counter",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    // One dies: the timeline says so, and the views of the two survivors agree again.
+    let c_id = instance_id(c.as_ref().unwrap()).await;
+    drop(c.take());
+    eventually(
+        "the death on the timeline and views converged on 2",
+        || async {
+            let s = get_json(&a.url("/api/status")).await.ok_or("no status")?;
+            let died = s["timeline"].as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|e| e["kind"] == "dead" && e["instance_id"] == c_id.as_str())
+            });
+            let views = s["views"].as_object().map_or(0, |v| v.len());
+            if died && s["converged"] == true && views == 2 && s["view_hash"] != hash.as_str() {
+                Ok(())
+            } else {
+                Err(format!("{} {}", s["timeline"], s["views"]))
+            }
+        },
+    )
     .await;
 }

@@ -178,6 +178,9 @@ pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>, hostname
             .chain(plan.probes.iter().map(|n| (n, false)))
             .collect();
         let answers = join_all(names.iter().map(|(name, _)| lookup(&resolver, name))).await;
+        node.metrics
+            .dns_lookups
+            .fetch_add(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let duration = started.elapsed();
         for ips in answers.iter().flatten() {
             for ip in ips {

@@ -149,6 +149,7 @@ impl Registry {
             },
         );
         let mut migrated = false;
+        let mut failing = false;
         let mut last_heartbeat: Option<Instant> = None;
         loop {
             let started = Instant::now();
@@ -162,6 +163,10 @@ impl Registry {
             .await;
             let report = match outcome {
                 Ok((claims, removed)) => {
+                    if failing {
+                        node.membership.note("registry", "reachable again".into());
+                    }
+                    failing = false;
                     last_heartbeat = Some(Instant::now());
                     self.offer(&node, &claims).await;
                     // Judge the claims once verification had its chance.
@@ -170,6 +175,13 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "registry unavailable");
+                    if !failing {
+                        node.membership.note("registry", e.to_string());
+                        node.metrics
+                            .registry_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    failing = true;
                     Report {
                         last_run: Some(Instant::now()),
                         duration: Some(started.elapsed()),

@@ -168,6 +168,7 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
         )
         .await;
         let duration = started.elapsed();
+        node.metrics.scan(duration, total);
         node.reports.set(
             Method::Scan,
             Report {

@@ -40,7 +40,7 @@ pub async fn identity(
             "nonce must be 1 to 128 hex digits".into(),
         ));
     }
-    let mut identity = node.me.identity();
+    let mut identity = node.published_identity();
     if let (Some(nonce), Some(secret)) = (&query.nonce, &node.settings.cluster_secret) {
         identity.proof = Some(proof::prove(
             secret.expose(),

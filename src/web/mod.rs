@@ -12,7 +12,11 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -37,7 +41,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/relay", get(events::relay))
         .route("/api/relay/publish", post(events::relay_publish))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics));
     // What people look at: names and private addresses, by design.
     let public = Router::new()
         .route("/", get(page::index))
@@ -54,9 +59,33 @@ pub fn router(node: Arc<Node>) -> Router {
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer((
             Extension(Arc::new(peer::PeerGate::default())),
+            axum::middleware::from_fn_with_state(node.clone(), count_request),
             TraceLayer::new_for_http(),
             TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT),
             RequestBodyLimitLayer::new(MAX_BODY_BYTES),
         ))
         .with_state(node)
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(&node.membership.snapshot()),
+    )
+}
+
+/// Counts every request by its route pattern (never the raw path: bounded labels).
+async fn count_request(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = next.run(request).await;
+    node.metrics.request(&route, response.status().as_u16());
+    response
 }

@@ -147,6 +147,66 @@ impl IndexPage {
             path.join(" → ")
         )
     }
+    fn views_text(&self) -> String {
+        if self.s.converged {
+            format!(
+                "views agree ({} replicas, view {})",
+                self.s.views.len(),
+                self.s.view_hash
+            )
+        } else {
+            let distinct: std::collections::BTreeSet<&String> = self.s.views.values().collect();
+            format!("split views: {} different member sets", distinct.len())
+        }
+    }
+    fn event_subject(&self, e: &crate::membership::TimelineEvent) -> String {
+        match (&e.name, &e.addr) {
+            (Some(name), Some(addr)) => format!("{name} {addr}"),
+            (None, Some(addr)) => addr.to_string(),
+            _ => String::new(),
+        }
+    }
+    /// The N×N grid: escaped here, since it is built as text.
+    fn mesh_html(&self) -> String {
+        let ids: Vec<&String> = self.s.mesh.keys().collect();
+        let esc = |s: &str| {
+            askama::filters::escape(s, askama::filters::Html)
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let mut html = String::from("<tr><th>from \\ to</th>");
+        for to in &ids {
+            html += &format!("<th>{}</th>", esc(&self.name_of(to)));
+        }
+        html += "</tr>";
+        for from in &ids {
+            html += &format!("<tr><th>{}</th>", esc(&self.name_of(from)));
+            for to in &ids {
+                let cell = self.s.mesh.get(*from).and_then(|row| row.get(*to));
+                html += &match (from == to, cell) {
+                    (true, _) => "<td class=\"self\">·</td>".to_string(),
+                    (false, Some(c)) if c.ok => {
+                        let rtt = c.rtt_ms.unwrap_or(0.0);
+                        let class = if rtt < 1.0 {
+                            "fast"
+                        } else if rtt < 5.0 {
+                            "ok"
+                        } else {
+                            "slow"
+                        };
+                        format!("<td class=\"{class}\">{rtt:.2} ms</td>")
+                    }
+                    (false, Some(c)) => format!(
+                        "<td class=\"fail\" title=\"{}\">✗</td>",
+                        esc(c.error.as_deref().unwrap_or("no answer"))
+                    ),
+                    (false, None) => "<td class=\"none\">?</td>".to_string(),
+                };
+            }
+            html += "</tr>";
+        }
+        html
+    }
     fn short_id(&self) -> &str {
         let id = &self.s.me.instance_id;
         &id[id.len().saturating_sub(6)..]

@@ -146,6 +146,9 @@ pub async fn call_peers(
             None => m.state == MemberState::Alive,
         })
         .collect();
+    node.metrics
+        .peer_calls
+        .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let results = join_all(targets.into_iter().map(|m| call(&node, m))).await;
     let calls = PeerCalls {
         from: node.me.identity(),

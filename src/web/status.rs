@@ -1,6 +1,7 @@
 //! The cluster as this replica sees it, in the shape of `/api/status`; the page renders
 //! the same structure.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -8,8 +9,8 @@ use serde::Serialize;
 
 use crate::app::Node;
 use crate::discovery::{Evidence, Method, Report};
-use crate::identity::{Identity, SystemFigures};
-use crate::membership::{Member, State};
+use crate::identity::{Identity, MeshCell, SystemFigures};
+use crate::membership::{Member, State, TimelineEvent};
 use crate::relay::RelayView;
 
 #[derive(Debug, Serialize)]
@@ -27,6 +28,16 @@ pub struct Status {
     pub aliases: Vec<AliasView>,
     pub discovery: Vec<MethodView>,
     pub expected_replicas: Option<u32>,
+    /// For every alive member (this one included), its row of direct probes, as it last
+    /// published it.
+    pub mesh: BTreeMap<String, BTreeMap<String, MeshCell>>,
+    /// A short hash of the member set this replica sees.
+    pub view_hash: String,
+    /// Each alive member's view hash: equal everywhere when views agree.
+    pub views: BTreeMap<String, String>,
+    pub converged: bool,
+    /// This replica's last events (joins, deaths, restarts, foreign finds, errors).
+    pub timeline: Vec<TimelineEvent>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +91,21 @@ impl Status {
     pub fn of(node: &Node) -> Status {
         let now = Instant::now();
         let snapshot = node.membership.snapshot();
-        let me = node.me.identity();
+        let mut me = node.published_identity();
+        let mut mesh = BTreeMap::new();
+        let mut views = BTreeMap::new();
+        let view_hash = me.view_hash.take().unwrap_or_default();
+        mesh.insert(me.instance_id.clone(), me.mesh.take().unwrap_or_default());
+        views.insert(me.instance_id.clone(), view_hash.clone());
+        for m in snapshot.members.iter().filter(|m| m.state == State::Alive) {
+            if let Some(row) = &m.identity.mesh {
+                mesh.insert(m.identity.instance_id.clone(), row.clone());
+            }
+            if let Some(hash) = &m.identity.view_hash {
+                views.insert(m.identity.instance_id.clone(), hash.clone());
+            }
+        }
+        let converged = views.values().all(|h| *h == view_hash);
         let mut members = vec![MemberView {
             instance_id: me.instance_id.clone(),
             name: me.name.clone(),
@@ -138,6 +163,11 @@ impl Status {
                 .collect(),
             discovery,
             expected_replicas: node.settings.expected_replicas,
+            mesh,
+            view_hash,
+            views,
+            converged,
+            timeline: node.membership.timeline(),
         }
     }
 
