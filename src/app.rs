@@ -34,6 +34,10 @@ pub struct Node {
     pub broadcaster: Broadcaster,
     pub relay: Relay,
     pub metrics: crate::metrics::Metrics,
+    /// Other members' timelines, as last collected (instance id → events).
+    pub peer_timelines: Mutex<HashMap<String, Vec<crate::membership::TimelineEvent>>>,
+    /// The last call through the public address, to compare with direct calls.
+    pub via_load_balancer: Mutex<Option<crate::prober::LoadBalancerCall>>,
     /// Replicas connected to this one as their relay hub (instance id → connections).
     pub relay_subscribers: Mutex<HashMap<String, usize>>,
     /// Turns true when shutdown begins: long-lived streams end so draining can finish.
@@ -133,6 +137,8 @@ impl Application {
             broadcaster: Broadcaster::new(me_id.as_str()),
             relay: Relay::default(),
             metrics: crate::metrics::Metrics::default(),
+            peer_timelines: Mutex::default(),
+            via_load_balancer: Mutex::default(),
             relay_subscribers: Mutex::default(),
             shutdown: watch::channel(false).0,
             ready: AtomicBool::new(false),
@@ -230,6 +236,8 @@ fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<J
     )));
     tasks.push(tokio::spawn(discovery::seed::run(node.clone(), resolver)));
     tasks.push(tokio::spawn(crate::relay::run(node.clone())));
+    tasks.push(tokio::spawn(crate::timeline::run(node.clone())));
+    tasks.push(tokio::spawn(prober::run_load_balancer(node.clone())));
     tasks
 }
 

@@ -134,6 +134,18 @@ impl PeerClient {
         })
     }
 
+    /// `GET` a path on a peer; the body, bounded.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Vec<u8>, CallError> {
+        send_bounded(self.for_peer(addr).get(format!("http://{addr}{path}"))).await
+    }
+
+    /// `GET` a URL (the public address, through the load balancer): the body and the time.
+    pub async fn get_url(&self, url: &str) -> Result<(Vec<u8>, f64), CallError> {
+        let started = Instant::now();
+        let body = send_bounded(self.any.get(url).header("accept", "application/json")).await?;
+        Ok((body, started.elapsed().as_secs_f64() * 1000.0))
+    }
+
     /// Posts JSON to a peer (`/api/hello`, `/api/goodbye`, `/api/deliver`); the answer's body.
     pub async fn tell<T: serde::Serialize + ?Sized>(
         &self,

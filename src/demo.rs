@@ -116,6 +116,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             format!("--scan-cidrs={}", layout.scan_cidr),
             format!("--scan-ports={}", layout.scan_ports),
             format!("--database-url={registry}"),
+            format!("--public-url=http://{front}"),
         ])
         .map_err(|e| DemoError::Settings(e.to_string()))?;
         apps.push(Application::build(settings).await?);

@@ -25,5 +25,6 @@ pub mod prober;
 pub mod proof;
 pub mod relay;
 pub mod telemetry;
+pub mod timeline;
 pub mod verify;
 pub mod web;

@@ -377,8 +377,8 @@ pub struct Membership {
 /// Events kept for the timeline.
 const TIMELINE: usize = 100;
 
-/// Something that happened to the cluster, as this replica saw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Something that happened to the cluster, as one replica saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TimelineEvent {
     pub at: String,
     /// joined, alive, suspect, dead, left, restarted, conflict, forgotten, foreign, alias,
@@ -388,6 +388,9 @@ pub struct TimelineEvent {
     pub name: Option<String>,
     pub addr: Option<SocketAddr>,
     pub detail: String,
+    /// The replica that saw it (set when timelines of several replicas are merged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 fn event(
@@ -403,6 +406,7 @@ fn event(
         name: member.map(|m| m.identity.name.clone()),
         addr: member.map(|m| m.identity.addr).or(addr),
         detail,
+        by: None,
     }
 }
 

@@ -90,3 +90,54 @@ async fn probe(node: &Node, member: &Member) {
 pub fn probe_timeout(interval: Duration) -> Duration {
     interval.clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
+
+/// A call through the public address (the load balancer), to set beside direct calls.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadBalancerCall {
+    pub url: String,
+    pub ok: bool,
+    pub rtt_ms: Option<f64>,
+    /// The replica that answered.
+    pub answered_by: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Every few seconds, where `PUBLIC_URL` is set, asks the public address who answers and
+/// how long it takes.
+pub async fn run_load_balancer(node: Arc<Node>) {
+    let Some(public) = node.settings.public_url.clone() else {
+        return;
+    };
+    let url = public.join("/api/identity");
+    loop {
+        let call = match node.client.get_url(&url).await {
+            Ok((body, rtt)) => match crate::client::parse_identity(&body) {
+                Ok(identity) => LoadBalancerCall {
+                    url: url.clone(),
+                    ok: true,
+                    rtt_ms: Some((rtt * 100.0).round() / 100.0),
+                    answered_by: Some(identity.instance_id),
+                    error: None,
+                },
+                Err(e) => LoadBalancerCall {
+                    url: url.clone(),
+                    ok: false,
+                    rtt_ms: None,
+                    answered_by: None,
+                    error: Some(e.to_string()),
+                },
+            },
+            Err(e) => LoadBalancerCall {
+                url: url.clone(),
+                ok: false,
+                rtt_ms: None,
+                answered_by: None,
+                error: Some(e.to_string()),
+            },
+        };
+        if let Ok(mut slot) = node.via_load_balancer.lock() {
+            *slot = Some(call);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

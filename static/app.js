@@ -82,7 +82,7 @@ function meshHtml(s) {
 function timelineHtml(s) {
   return s.timeline.slice(-30).reverse().map((e) => {
     const subject = e.name ? `${e.name} ${e.addr}` : e.addr || "";
-    return `<li><span class="t">${esc(e.at)}</span> <b>${esc(e.kind)}</b> ${esc(subject)} <span class="muted">${esc(e.detail)}</span></li>`;
+    return `<li><span class="t">${esc(e.at)}</span> <b>${esc(e.kind)}</b> ${esc(subject)} <span class="muted">${esc(e.detail)} · seen by ${esc(e.by ? nameOf(e.by) : "")}</span></li>`;
   }).join("");
 }
 
@@ -108,6 +108,12 @@ function render(s) {
   $("not-members").innerHTML = notMembersHtml(s);
   $("mesh").innerHTML = meshHtml(s);
   $("timeline").innerHTML = timelineHtml(s);
+  const rtts = s.members.map((m) => m.rtt_ms).filter((r) => r != null);
+  const direct = rtts.length ? `direct calls from here average ${(rtts.reduce((a, b) => a + b, 0) / rtts.length).toFixed(2)} ms` : "no direct call yet";
+  const lb = s.via_load_balancer;
+  $("via-lb").textContent = !lb ? `${direct}; set PUBLIC_URL to compare with a call through the load balancer`
+    : lb.ok ? `Through the load balancer: ${lb.rtt_ms.toFixed(2)} ms (answered by ${nameOf(lb.answered_by)}); ${direct}`
+    : `Through the load balancer: ${lb.error}; ${direct}`;
   const distinct = new Set(Object.values(s.views)).size;
   $("views").textContent = s.converged
     ? `views agree (${Object.keys(s.views).length} replicas, view ${s.view_hash})`

@@ -393,6 +393,20 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
         wait_for_source(&first, &id, "registry").await;
     }
 
+    // Each replica compares its direct calls with a call through the front door.
+    eventually("a call through the load balancer measured", || async {
+        let s = get_json(&format!("http://127.0.0.2:{port}/api/status"))
+            .await
+            .ok_or("no answer")?;
+        let lb = &s["via_load_balancer"];
+        if lb["ok"] == true && lb["rtt_ms"].as_f64().is_some() {
+            Ok(())
+        } else {
+            Err(lb.to_string())
+        }
+    })
+    .await;
+
     // The front door is found by the scan too, and is recognised as a load-balanced alias.
     eventually("front door listed as an alias", || async {
         let s = get_json(&format!("http://127.0.0.2:{port}/api/status"))
@@ -558,7 +572,22 @@ async fn mesh_views_timeline_and_metrics() {
                     .any(|e| e["kind"] == "dead" && e["instance_id"] == c_id.as_str())
             });
             let views = s["views"].as_object().map_or(0, |v| v.len());
-            if died && s["converged"] == true && views == 2 && s["view_hash"] != hash.as_str() {
+            // The timeline is merged: b's sighting of the death is there too.
+            let observers: std::collections::BTreeSet<String> = s["timeline"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter(|e| e["kind"] == "dead")
+                        .filter_map(|e| e["by"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if died
+                && observers.len() == 2
+                && s["converged"] == true
+                && views == 2
+                && s["view_hash"] != hash.as_str()
+            {
                 Ok(())
             } else {
                 Err(format!("{} {}", s["timeline"], s["views"]))

@@ -111,3 +111,10 @@ pub async fn goodbye(
     }
     Ok(Json(json!({ "left": claim.instance_id })))
 }
+
+/// `GET /api/timeline`: this replica's own last events, for the other members to merge.
+pub async fn timeline(
+    State(node): State<Arc<Node>>,
+) -> Json<Vec<crate::membership::TimelineEvent>> {
+    Json(node.membership.timeline())
+}

@@ -47,6 +47,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let public = Router::new()
         .route("/", get(page::index))
         .route("/api/status", get(api::status))
+        .route("/api/timeline", get(api::timeline))
         .route("/peer", get(peer::call_peers))
         .route("/events", get(events::events))
         .route("/api/broadcast", post(events::broadcast))

@@ -159,6 +159,36 @@ impl IndexPage {
             format!("split views: {} different member sets", distinct.len())
         }
     }
+    fn seen_by(&self, e: &crate::membership::TimelineEvent) -> String {
+        e.by.as_deref()
+            .map_or_else(String::new, |id| self.name_of(id))
+    }
+    fn via_lb_text(&self) -> String {
+        let direct: Vec<f64> = self.s.members.iter().filter_map(|m| m.rtt_ms).collect();
+        let direct = match direct.len() {
+            0 => "no direct call yet".to_string(),
+            n => format!(
+                "direct calls from here average {:.2} ms",
+                direct.iter().sum::<f64>() / n as f64
+            ),
+        };
+        match &self.s.via_load_balancer {
+            None => {
+                format!("{direct}; set PUBLIC_URL to compare with a call through the load balancer")
+            }
+            Some(c) if c.ok => format!(
+                "Through the load balancer: {:.2} ms (answered by {}); {direct}",
+                c.rtt_ms.unwrap_or(0.0),
+                c.answered_by
+                    .as_deref()
+                    .map_or_else(String::new, |id| self.name_of(id))
+            ),
+            Some(c) => format!(
+                "Through the load balancer: {}; {direct}",
+                c.error.as_deref().unwrap_or("no answer")
+            ),
+        }
+    }
     fn event_subject(&self, e: &crate::membership::TimelineEvent) -> String {
         match (&e.name, &e.addr) {
             (Some(name), Some(addr)) => format!("{name} {addr}"),

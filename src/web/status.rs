@@ -11,6 +11,7 @@ use crate::app::Node;
 use crate::discovery::{Evidence, Method, Report};
 use crate::identity::{Identity, MeshCell, SystemFigures};
 use crate::membership::{Member, State, TimelineEvent};
+use crate::prober::LoadBalancerCall;
 use crate::relay::RelayView;
 
 #[derive(Debug, Serialize)]
@@ -36,8 +37,11 @@ pub struct Status {
     /// Each alive member's view hash: equal everywhere when views agree.
     pub views: BTreeMap<String, String>,
     pub converged: bool,
-    /// This replica's last events (joins, deaths, restarts, foreign finds, errors).
+    /// The last 100 events of every alive replica (joins, deaths, restarts, foreign finds,
+    /// errors), merged, each with the replica that saw it (`by`).
     pub timeline: Vec<TimelineEvent>,
+    /// The last call through the public address (where PUBLIC_URL is set).
+    pub via_load_balancer: Option<LoadBalancerCall>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,7 +171,8 @@ impl Status {
             view_hash,
             views,
             converged,
-            timeline: node.membership.timeline(),
+            timeline: crate::timeline::merged(node),
+            via_load_balancer: node.via_load_balancer.lock().ok().and_then(|c| c.clone()),
         }
     }
 
