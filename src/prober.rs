@@ -110,22 +110,17 @@ pub async fn run_load_balancer(node: Arc<Node>) {
     };
     let url = public.join("/api/identity");
     loop {
-        let call = match node.client.get_url(&url).await {
-            Ok((body, rtt)) => match crate::client::parse_identity(&body) {
-                Ok(identity) => LoadBalancerCall {
-                    url: url.clone(),
-                    ok: true,
-                    rtt_ms: Some((rtt * 100.0).round() / 100.0),
-                    answered_by: Some(identity.instance_id),
-                    error: None,
-                },
-                Err(e) => LoadBalancerCall {
-                    url: url.clone(),
-                    ok: false,
-                    rtt_ms: None,
-                    answered_by: None,
-                    error: Some(e.to_string()),
-                },
+        let answer = match node.client.get_url(&url).await {
+            Ok((body, rtt)) => crate::client::parse_identity(&body).map(|id| (id, rtt)),
+            Err(e) => Err(e),
+        };
+        let call = match answer {
+            Ok((identity, rtt)) => LoadBalancerCall {
+                url: url.clone(),
+                ok: true,
+                rtt_ms: Some((rtt * 100.0).round() / 100.0),
+                answered_by: Some(identity.instance_id),
+                error: None,
             },
             Err(e) => LoadBalancerCall {
                 url: url.clone(),

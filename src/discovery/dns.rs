@@ -247,16 +247,8 @@ pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>, hostname
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::tests::env_of;
     use clap::Parser;
-    use std::collections::HashMap;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
 
     fn plan_for(args: &[&str], vars: &[(&str, &str)]) -> Result<Plan, String> {
         let mut argv = vec!["rollcall", "--bind-addr", "127.0.0.2"];
