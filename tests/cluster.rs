@@ -543,14 +543,7 @@ async fn mesh_views_timeline_and_metrics() {
             "all replicas see the same members"
         );
     }
-    let metrics = client()
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&a.url("/metrics"), "text/plain").await;
     for line in [
         "rollcall_members{state=\"alive\"} 3",
         "rollcall_http_requests_total{route=\"/api/status\",status=\"200\"}",

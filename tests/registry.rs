@@ -305,15 +305,7 @@ async fn a_database_password_never_reaches_a_log_or_a_page() {
     .await;
     for r in &replicas {
         for (path, accept) in [("/api/status", "application/json"), ("/", "text/html")] {
-            let body = client()
-                .get(r.url(path))
-                .header("accept", accept)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let body = get_text(&r.url(path), accept).await;
             assert!(!body.contains(SECRET), "{path} shows the password");
         }
     }

@@ -121,6 +121,12 @@ pub fn client() -> reqwest::Client {
     CLIENT.with(|c| c.clone())
 }
 
+/// The body of a GET that asks for `accept`; panics when there is none.
+pub async fn get_text(url: &str, accept: &str) -> String {
+    let response = client().get(url).header("accept", accept).send().await;
+    response.expect("an answer").text().await.expect("a body")
+}
+
 pub async fn get_json(url: &str) -> Option<Value> {
     let r = client().get(url).send().await.ok()?;
     if !r.status().is_success() {
