@@ -37,14 +37,17 @@ impl Message {
         }
     }
 
-    /// Rejects what no replica would send.
+    /// Rejects what no replica would send: ids are short ASCII tokens.
     pub fn plausible(&self) -> bool {
+        let id_like = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
         self.text.len() <= MAX_TEXT
-            && !self.id.is_empty()
-            && self.id.len() <= 64
-            && self.origin.len() <= 64
+            && id_like(&self.id)
+            && id_like(&self.origin)
             && self.via.len() <= 16
-            && self.via.iter().all(|v| v.len() <= 64)
+            && self.via.iter().all(|v| id_like(v))
+            && self.at.len() <= 64
     }
 }
 
@@ -138,5 +141,7 @@ mod tests {
         assert!(m.plausible());
         m.via = vec!["v".into(); 17];
         assert!(!m.plausible());
+        m.via = vec!["01JÉ".into()];
+        assert!(!m.plausible(), "ids are ASCII");
     }
 }

@@ -53,6 +53,12 @@ pub fn hue(instance_id: &str) -> u32 {
     hash % 360
 }
 
+/// The last `n` characters (ids in messages from outside need not be ASCII).
+fn last_chars(s: &str, n: usize) -> String {
+    let skip = s.chars().count().saturating_sub(n);
+    s.chars().skip(skip).collect()
+}
+
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -134,10 +140,7 @@ impl IndexPage {
             .members
             .iter()
             .find(|m| m.instance_id == id)
-            .map_or_else(
-                || format!("…{}", &id[id.len().saturating_sub(6)..]),
-                |m| m.name.clone(),
-            )
+            .map_or_else(|| format!("…{}", last_chars(id, 6)), |m| m.name.clone())
     }
     fn path_text(&self, m: &Message) -> String {
         let path: Vec<String> = m.via.iter().map(|id| self.name_of(id)).collect();
@@ -252,6 +255,13 @@ mod tests {
         // static/app.js: hue("01JTEST") must give the same number.
         assert_eq!(hue(""), 0x811c_9dc5 % 360);
         assert!(hue("01JTEST") < 360);
+    }
+
+    #[test]
+    fn short_names_cut_on_characters() {
+        assert_eq!(last_chars("01JABCDEFG", 6), "BCDEFG");
+        assert_eq!(last_chars("ééééééé", 6), "éééééé");
+        assert_eq!(last_chars("ab", 6), "ab");
     }
 
     #[test]
