@@ -191,4 +191,16 @@ async fn bad_messages_get_a_reason() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    // Anyone can reach the hub's publish endpoint through the load balancer: ids that no
+    // replica would send are refused, and the page keeps working.
+    let odd = json!({ "id": "01ODD", "text": "x", "origin": "é", "via": ["ééééééé"], "at": "now" });
+    let resp = client()
+        .post(r.url("/api/relay/publish"))
+        .json(&odd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let page = get_text(&r.url("/"), "text/html").await;
+    assert!(page.contains("Messages"));
 }
