@@ -130,7 +130,7 @@ impl PeerClient {
         Ok(Reply {
             identity,
             status,
-            rtt_ms: started.elapsed().as_secs_f64() * 1000.0,
+            rtt_ms: elapsed_ms(started),
         })
     }
 
@@ -143,7 +143,7 @@ impl PeerClient {
     pub async fn get_url(&self, url: &str) -> Result<(Vec<u8>, f64), CallError> {
         let started = Instant::now();
         let body = send_bounded(self.any.get(url).header("accept", "application/json")).await?;
-        Ok((body, started.elapsed().as_secs_f64() * 1000.0))
+        Ok((body, elapsed_ms(started)))
     }
 
     /// Posts JSON to a peer (`/api/hello`, `/api/goodbye`, `/api/deliver`); the answer's body.
@@ -173,6 +173,11 @@ impl PeerClient {
         }
         send_bounded(request).await
     }
+}
+
+/// Milliseconds since `started`, to a hundredth: finer is noise on any network.
+fn elapsed_ms(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 async fn send_bounded(request: reqwest::RequestBuilder) -> Result<Vec<u8>, CallError> {

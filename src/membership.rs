@@ -475,7 +475,7 @@ impl Snapshot {
             .map(|m| {
                 let cell = MeshCell {
                     ok: m.state == State::Alive,
-                    rtt_ms: m.rtt_ms.map(|r| (r * 100.0).round() / 100.0),
+                    rtt_ms: m.rtt_ms,
                     last_ok_ms_ago: Some(
                         now.saturating_duration_since(m.last_ok).as_millis() as u64
                     ),

@@ -118,7 +118,7 @@ pub async fn run_load_balancer(node: Arc<Node>) {
             Ok((identity, rtt)) => LoadBalancerCall {
                 url: url.clone(),
                 ok: true,
-                rtt_ms: Some((rtt * 100.0).round() / 100.0),
+                rtt_ms: Some(rtt),
                 answered_by: Some(identity.instance_id),
                 error: None,
             },

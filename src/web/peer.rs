@@ -171,7 +171,7 @@ async fn call(node: &Node, member: &Member) -> CallResult {
                 to,
                 ok: same,
                 status: Some(reply.status),
-                rtt_ms: Some((reply.rtt_ms * 100.0).round() / 100.0),
+                rtt_ms: Some(reply.rtt_ms),
                 error: (!same).then(|| {
                     format!(
                         "answered as another instance ({})",

@@ -193,7 +193,7 @@ fn member_view(m: &Member, now: Instant) -> MemberView {
         is_self: false,
         state: m.state,
         sources: m.sources.iter().copied().collect(),
-        rtt_ms: m.rtt_ms.map(|r| (r * 100.0).round() / 100.0),
+        rtt_ms: m.rtt_ms,
         last_seen_ms_ago: ms_since(m.last_ok, now),
         system: m.identity.system.clone(),
         error: m.last_error.clone(),
