@@ -1,9 +1,8 @@
 //! One replica: binds its listener, starts its background tasks, serves until told to stop.
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::client::PeerClient;
 use crate::config::Settings;
 use crate::discovery::registry::Registry;
 use crate::discovery::{self, Candidate, Method, Report, Reports};
+use crate::drain::{self, Drain};
 use crate::identity::{Me, process_env};
 use crate::membership::{Membership, State, Timing};
 use crate::prober;
@@ -42,16 +42,13 @@ pub struct Node {
     pub relay_subscribers: Mutex<HashMap<String, usize>>,
     /// Turns true when shutdown begins: long-lived streams end so draining can finish.
     pub shutdown: watch::Sender<bool>,
-    ready: AtomicBool,
+    /// Readiness, and when users last sent a request (for the drain on shutdown).
+    pub drain: Drain,
 }
 
 impl Node {
     pub fn probe_interval(&self) -> Duration {
         Duration::from_millis(self.settings.probe_interval_ms)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 
     /// This replica's identity with its mesh row and view hash, as peers and pages see it.
@@ -90,6 +87,16 @@ impl Application {
             .map_err(|source| AppError::Bind { addr, source })?;
         if let Ok(bound) = listener.local_addr() {
             settings.port = bound.port();
+        }
+        if settings
+            .cluster_secret
+            .as_ref()
+            .is_some_and(|s| s.is_placeholder())
+        {
+            tracing::warn!(
+                "CLUSTER_SECRET is the deploy spec's placeholder: membership is unproven until \
+                 it is set to a random secret"
+            );
         }
         let me = Arc::new(Me::new(&settings, &process_env));
         let client = PeerClient::new(
@@ -141,7 +148,7 @@ impl Application {
             via_load_balancer: Mutex::default(),
             relay_subscribers: Mutex::default(),
             shutdown: watch::channel(false).0,
-            ready: AtomicBool::new(false),
+            drain: Drain::default(),
         });
         Ok(Application {
             node,
@@ -160,8 +167,9 @@ impl Application {
         self.node.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains: turns unready, tells peers it is
-    /// leaving, lets in-flight requests finish.
+    /// Serves until `shutdown` resolves, then drains: turns unready, serves on until users'
+    /// requests stop (or `DRAIN_SECS`), tells peers it is leaving, lets in-flight requests
+    /// finish within [`drain::CLOSE_DEADLINE`].
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -172,28 +180,32 @@ impl Application {
             candidates,
         } = self;
         let tasks = start_tasks(&node, candidates);
-        node.ready.store(true, Ordering::Relaxed);
+        node.drain.set_ready();
         let me = node.me.identity();
         tracing::info!(
             instance_id = %me.instance_id, name = %me.name, service = %me.service,
             addr = %me.addr, platform = %me.platform, "replica ready"
         );
 
+        let (closing, closed) = tokio::sync::oneshot::channel::<()>();
         let draining = node.clone();
         let graceful = async move {
             shutdown.await;
-            draining.ready.store(false, Ordering::Relaxed);
+            // Long-lived streams end now, so their clients reconnect elsewhere.
             draining.shutdown.send_replace(true);
+            let max = Duration::from_secs(draining.settings.drain_secs);
+            tracing::info!(
+                max_secs = max.as_secs(),
+                "draining: unready, serving until requests stop"
+            );
+            let waited = draining.drain.drain(drain::QUIET, max).await;
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                "drained: saying goodbye"
+            );
             say_goodbye(&draining).await;
-            let drain = Duration::from_secs(draining.settings.drain_secs);
-            if !drain.is_zero() {
-                tracing::info!(
-                    seconds = drain.as_secs(),
-                    "unready: serving on while load balancers notice"
-                );
-                tokio::time::sleep(drain).await;
-            }
-            tracing::info!("draining: finishing in-flight requests");
+            tracing::info!("closing: finishing in-flight requests");
+            let _ = closing.send(());
         };
         let app = crate::web::router(node.clone());
         let served = axum::serve(
@@ -201,11 +213,28 @@ impl Application {
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(graceful)
-        .await;
+        .into_future();
+        // Whatever a connection does, the process ends a fixed time after closing began.
+        let deadline = async {
+            match closed.await {
+                Ok(()) => tokio::time::sleep(drain::CLOSE_DEADLINE).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            served = served => served.map_err(AppError::Serve),
+            () = deadline => {
+                tracing::warn!(
+                    deadline_secs = drain::CLOSE_DEADLINE.as_secs(),
+                    "requests still open at the close deadline: closing anyway"
+                );
+                Ok(())
+            }
+        };
         for task in tasks {
             task.abort();
         }
-        served.map_err(AppError::Serve)
+        result
     }
 }
 

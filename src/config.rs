@@ -146,9 +146,10 @@ pub struct Settings {
     #[arg(long, env = "STATUS_PAGE", default_value = "on", value_parser = ["on", "off"])]
     pub status_page: String,
 
-    /// After SIGTERM, keep serving this many seconds with /readyz answering 503, so a load
-    /// balancer that health-checks stops sending before the listener closes.
-    #[arg(long, env = "DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    /// After SIGTERM, `/readyz` answers 503 at once and the replica keeps serving until no
+    /// request has arrived for about a second, or this many seconds at most; then it says
+    /// goodbye and closes. Where the platform stops sending first, that takes about 1 s.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub drain_secs: u64,
 
     /// Log format: `text` or `json`. Default: text on a terminal, else json.
@@ -305,9 +306,17 @@ impl FromStr for Database {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// The value the deploy specs ship for `CLUSTER_SECRET`, for the user to replace. Anyone
+/// can read it, so it proves nothing.
+pub const PLACEHOLDER_SECRET: &str = "replace-me-with-a-long-random-string";
+
 impl Secret {
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    pub fn is_placeholder(&self) -> bool {
+        self.0 == PLACEHOLDER_SECRET
     }
 }
 
@@ -486,6 +495,11 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// The secret peers must prove they hold: none when unset or still the placeholder.
+    pub fn proof_secret(&self) -> Option<&Secret> {
+        self.cluster_secret.as_ref().filter(|s| !s.is_placeholder())
     }
 
     pub fn scan_ports(&self) -> Vec<u16> {

@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod drain;
 pub mod identity;
 pub mod membership;
 pub mod metrics;

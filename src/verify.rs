@@ -36,7 +36,7 @@ pub async fn verify(node: &Node, candidate: SocketAddr) -> Verdict {
 /// Asks `addr` who it is. With CLUSTER_SECRET set, the answer must carry a valid proof
 /// for a fresh nonce: a copied or replayed identity is refused.
 pub async fn ask(node: &Node, addr: SocketAddr) -> Result<Reply, CallError> {
-    let Some(secret) = &node.settings.cluster_secret else {
+    let Some(secret) = node.settings.proof_secret() else {
         return node.client.identity(addr, None).await;
     };
     let nonce = proof::nonce();

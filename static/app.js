@@ -96,6 +96,7 @@ function render(s) {
   $("served-id").textContent = "…" + me.instance_id.slice(-6);
   $("served-up").textContent = me.system.uptime_secs;
   document.title = me.name + " · rollcall";
+  $("draining").hidden = !s.draining;
   $("verdict").textContent = s.verdict;
   $("membership").textContent = "Membership " + s.membership + ".";
   for (const m of s.members) names[m.instance_id] = m.name;

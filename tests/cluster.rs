@@ -307,10 +307,84 @@ async fn a_graceful_stop_says_goodbye() {
         .as_str()
         .unwrap()
         .to_string();
+    let stopped = Instant::now();
     b.terminate();
     wait_for_state(&a, &b_id, "left").await;
     let status = exited(&mut b.child, "stopped replica").await;
     assert!(status.success(), "{status:?}");
+    // Its peer's probes and health checks are not traffic: with nobody else calling, the
+    // drain ends one quiet second after SIGTERM, far inside the default 10 s maximum.
+    let took = stopped.elapsed();
+    println!("a replica with no incoming traffic exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_draining_replica_serves_until_requests_stop() {
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("rollcall-drain-{}.log", std::process::id()));
+    let mut r = Replica::start_logging(5, port, &[], Some(&log));
+    identity_of(&r).await;
+    // Steady traffic, as through a load balancer that has not yet noticed.
+    let url = r.url("/api/status");
+    let traffic = tokio::spawn(async move {
+        loop {
+            let _ = client().get(&url).send().await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.terminate();
+    let status = eventually("/api/status to say draining", || async {
+        let s = get_json(&r.url("/api/status")).await.ok_or("no answer")?;
+        if s["draining"] == true {
+            Ok(s)
+        } else {
+            Err(s["draining"].to_string())
+        }
+    })
+    .await;
+    assert_eq!(status["draining"], true);
+    let ready = client().get(r.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    // While requests keep coming it keeps serving, well past the quiet period.
+    let draining_since = Instant::now();
+    while draining_since.elapsed() < Duration::from_millis(2500) {
+        assert!(
+            matches!(r.child.try_wait(), Ok(None)),
+            "exited while requests were still arriving"
+        );
+        let page = client()
+            .get(r.url("/"))
+            .header("accept", "text/html")
+            .send()
+            .await;
+        let page = page
+            .expect("served while draining")
+            .text()
+            .await
+            .expect("a page");
+        assert!(
+            page.contains("shutting down"),
+            "the page says it is draining"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    traffic.abort();
+    let quiet = Instant::now();
+    let status = exited(&mut r.child, "drained replica").await;
+    assert!(status.success(), "{status:?}");
+    let took = quiet.elapsed();
+    println!("exited {took:?} after requests stopped");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The planned 503s of /readyz are not errors in the log.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("drained"), "{text}");
+    assert!(
+        !text.contains("\"level\":\"ERROR\"") && !text.contains("request failed"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub async fn identity(
         ));
     }
     let mut identity = node.published_identity();
-    if let (Some(nonce), Some(secret)) = (&query.nonce, &node.settings.cluster_secret) {
+    if let (Some(nonce), Some(secret)) = (&query.nonce, node.settings.proof_secret()) {
         identity.proof = Some(proof::prove(
             secret.expose(),
             nonce,

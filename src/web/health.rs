@@ -13,7 +13,7 @@ pub async fn healthz() -> &'static str {
 
 /// 503 while draining, so the load balancer stops sending before the process stops.
 pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, &'static str) {
-    if node.is_ready() {
+    if node.drain.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")

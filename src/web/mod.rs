@@ -43,15 +43,21 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics));
-    // What people look at: names and private addresses, by design.
+    // What people look at: names and private addresses, by design. Their requests are the
+    // traffic a draining replica waits out; peers' and health checks' calls never stop.
     let public = Router::new()
         .route("/", get(page::index))
         .route("/api/status", get(api::status))
-        .route("/api/timeline", get(api::timeline))
         .route("/peer", get(peer::call_peers))
         .route("/events", get(events::events))
         .route("/api/broadcast", post(events::broadcast))
-        .route("/static/{file}", get(assets::serve));
+        .route("/static/{file}", get(assets::serve))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            note_traffic,
+        ))
+        // Collected by peers every few seconds.
+        .route("/api/timeline", get(api::timeline));
     let app = if node.settings.status_page == "off" {
         core
     } else {
@@ -61,7 +67,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer((
             Extension(Arc::new(peer::PeerGate::default())),
             axum::middleware::from_fn_with_state(node.clone(), count_request),
-            TraceLayer::new_for_http(),
+            // Failures are logged by `count_request`, which knows which are planned.
+            TraceLayer::new_for_http().on_failure(()),
             TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT),
             RequestBodyLimitLayer::new(MAX_BODY_BYTES),
         ))
@@ -87,6 +94,16 @@ async fn count_request(State(node): State<Arc<Node>>, request: Request, next: Ne
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let response = next.run(request).await;
-    node.metrics.request(&route, response.status().as_u16());
+    let status = response.status();
+    node.metrics.request(&route, status.as_u16());
+    let planned = route == "/readyz" && status == StatusCode::SERVICE_UNAVAILABLE;
+    if status.is_server_error() && !planned {
+        tracing::warn!(route = %route, status = status.as_u16(), "request failed");
+    }
     response
+}
+
+async fn note_traffic(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    node.drain.saw_traffic();
+    next.run(request).await
 }

@@ -20,6 +20,8 @@ pub struct Status {
     pub verdict: String,
     /// What admits a member: a proof of CLUSTER_SECRET, or the service name alone.
     pub membership: &'static str,
+    /// True from SIGTERM until the process exits: unready, serving out the last requests.
+    pub draining: bool,
     /// How messages travel: directly, or relayed through a hub behind the load balancer.
     pub relay: RelayView,
     #[serde(rename = "self")]
@@ -140,11 +142,8 @@ impl Status {
         Status {
             verdict: verdict(&members, &discovery),
             relay: node.relay.view(),
-            membership: if node.settings.cluster_secret.is_some() {
-                "proven: members answer a fresh CLUSTER_SECRET challenge"
-            } else {
-                "by service name only: anything that answers as this service is admitted (set CLUSTER_SECRET to require proof)"
-            },
+            membership: membership_mode(&node.settings),
+            draining: node.drain.is_draining(),
             me,
             members,
             foreign: snapshot
@@ -182,6 +181,21 @@ impl Status {
             .iter()
             .filter(|m| m.state == State::Alive)
             .count()
+    }
+}
+
+pub fn membership_mode(settings: &crate::config::Settings) -> &'static str {
+    match &settings.cluster_secret {
+        Some(secret) if secret.is_placeholder() => {
+            "unproven: CLUSTER_SECRET is still the deploy spec's placeholder, which anyone can \
+             read, so anything that answers as this service is admitted (set a random secret \
+             of 16 or more characters)"
+        }
+        Some(_) => "proven: members answer a fresh CLUSTER_SECRET challenge",
+        None => {
+            "by service name only: anything that answers as this service is admitted \
+             (set CLUSTER_SECRET to require proof)"
+        }
     }
 }
 

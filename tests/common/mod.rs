@@ -40,8 +40,19 @@ impl Replica {
         extra: &[(&str, &str)],
         log: Option<&std::path::Path>,
     ) -> Replica {
+        Replica::spawn(Command::new(BIN), last, port, extra, log)
+    }
+
+    /// Runs `cmd` (rollcall under some other path or with arguments, as a platform would
+    /// start it) as a replica on 127.0.0.`last`.
+    pub fn spawn(
+        mut cmd: Command,
+        last: u8,
+        port: u16,
+        extra: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Replica {
         let addr = SocketAddr::from((ip(last), port));
-        let mut cmd = Command::new(BIN);
         // A clean environment: no platform marker or proxy from the machine leaks in.
         cmd.env_clear()
             .env("BIND_ADDR", addr.ip().to_string())
