@@ -24,6 +24,18 @@ pub enum State {
     Left,
 }
 
+impl State {
+    /// The word used in JSON, logs and the page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Alive => "alive",
+            State::Suspect => "suspect",
+            State::Dead => "dead",
+            State::Left => "left",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Member {
     pub identity: Identity,
@@ -119,8 +131,8 @@ impl Table {
                 instance_id = %member.identity.instance_id,
                 name = %member.identity.name,
                 addr = %member.identity.addr,
-                from = ?member.state,
-                to = ?state,
+                from = member.state.as_str(),
+                to = state.as_str(),
                 error = member.last_error.as_deref().unwrap_or(""),
                 "member state changed"
             );
@@ -187,7 +199,7 @@ impl Table {
                     instance_id = %identity.instance_id,
                     name = %identity.name,
                     addr = %identity.addr,
-                    source = ?method,
+                    source = method.as_str(),
                     "member joined"
                 );
                 self.members.insert(

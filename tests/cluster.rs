@@ -213,6 +213,99 @@ async fn curl_gets_json_and_browsers_get_html() {
 }
 
 #[tokio::test]
+async fn answers_are_uniform_uncached_and_compressed() {
+    let port = free_port();
+    let r = Replica::start(6, port, &[("SCAN_CIDRS", "off")]);
+    identity_of(&r).await;
+    let is_json_error = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    };
+    // An oversized body, an unknown method, an unknown path: one JSON shape with a reason.
+    let big = client()
+        .post(r.url("/api/hello"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 20 * 1024])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(big.status(), 413);
+    assert!(is_json_error(&big), "{:?}", big.headers());
+    let body: Value = big.json().await.expect("JSON");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("bytes"),
+        "{body}"
+    );
+    for (method, path, want) in [
+        (reqwest::Method::DELETE, "/api/status", 405),
+        (reqwest::Method::GET, "/nope", 404),
+    ] {
+        let resp = client()
+            .request(method, r.url(path))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(resp.status(), want, "{path}");
+        assert!(is_json_error(&resp), "{path}: {:?}", resp.headers());
+        let body: Value = resp.json().await.expect("JSON");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    // Live answers are never cached; static files are, with a validator.
+    for path in ["/api/status", "/api/identity", "/metrics", "/"] {
+        let resp = client().get(r.url(path)).send().await.expect("an answer");
+        assert_eq!(
+            resp.headers().get("cache-control").map(|v| v.as_bytes()),
+            Some(&b"no-store"[..]),
+            "{path}"
+        );
+    }
+    let css = client()
+        .get(r.url("/static/style.css"))
+        .send()
+        .await
+        .expect("css");
+    let etag = css.headers().get("etag").expect("an ETag").clone();
+    let again = client()
+        .get(r.url("/static/style.css"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("css again");
+    assert_eq!(again.status(), 304);
+    // Compressed for clients that ask; the event stream never is (it must flush as it goes).
+    for (path, accept) in [
+        ("/", "text/html"),
+        ("/api/status", "application/json"),
+        ("/static/app.js", "*/*"),
+    ] {
+        let resp = client()
+            .get(r.url(path))
+            .header("accept", accept)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(
+            resp.headers().get("content-encoding").map(|v| v.as_bytes()),
+            Some(&b"gzip"[..]),
+            "{path}"
+        );
+    }
+    let events = client()
+        .get(r.url("/events"))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .expect("the event stream");
+    assert_eq!(events.status(), 200);
+    assert!(events.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test]
 async fn hello_must_come_from_the_claimed_address() {
     let port = free_port();
     let r = Replica::start(5, port, &[("SCAN_CIDRS", "off")]);
@@ -300,7 +393,8 @@ async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
 #[tokio::test]
 async fn a_graceful_stop_says_goodbye() {
     let port = free_port();
-    let a = Replica::start(2, port, &[]);
+    let log = std::env::temp_dir().join(format!("rollcall-goodbye-{}.log", std::process::id()));
+    let a = Replica::start_logging(2, port, &[], Some(&log));
     let mut b = Replica::start(3, port, &[]);
     wait_until_all_see(&[&a, &b]).await;
     let b_id = identity_of(&b).await["instance_id"]
@@ -317,6 +411,31 @@ async fn a_graceful_stop_says_goodbye() {
     let took = stopped.elapsed();
     println!("a replica with no incoming traffic exited {took:?} after SIGTERM");
     assert!(took < Duration::from_secs(5), "{took:?}");
+    // Log fields are words and numbers a log query can match, not Rust's debug output.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no '{message}' in {text}"))
+            .clone()
+    };
+    assert_eq!(line("subnet scan planned")["port"], u64::from(port));
+    let joined = line("member joined");
+    assert!(
+        ["scan", "announce"].contains(&joined["source"].as_str().unwrap_or_default()),
+        "{joined}"
+    );
+    let left = line("member state changed");
+    assert_eq!(
+        (&left["from"], &left["to"]),
+        (&"alive".into(), &"left".into())
+    );
 }
 
 #[tokio::test]

@@ -243,7 +243,7 @@ fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
                 .is_some_and(|id| *id != identity.instance_id) =>
         {
             tracing::debug!(addr = %candidate.addr, answered_as = %identity.instance_id,
-                claimed = ?candidate.expect, "stale claim: the address answers as another instance");
+                claimed = candidate.expect.as_deref().unwrap_or(""), "stale claim: the address answers as another instance");
         }
         Verdict::Member(identity, rtt_ms) => {
             let addr = identity.addr;

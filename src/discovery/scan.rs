@@ -145,7 +145,17 @@ pub async fn run(node: Arc<Node>, concurrency: usize) {
     };
     let total = target_count(&nets, &ports);
     let ranges = describe(&nets);
-    tracing::info!(%ranges, ?ports, addresses = total, "subnet scan planned");
+    match ports.as_slice() {
+        [port] => tracing::info!(%ranges, port, addresses = total, "subnet scan planned"),
+        _ => {
+            let ports = ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::info!(%ranges, %ports, addresses = total, "subnet scan planned");
+        }
+    }
     let me = node.me.addr();
     let timeout = Duration::from_millis(settings.scan_timeout_ms);
     let interval = Duration::from_secs(settings.scan_interval_secs);

@@ -1,7 +1,9 @@
 //! The web layer's one error type, mapped to HTTP in one place.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -54,4 +56,43 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         ApiError::BadRequest(r.body_text())
     }
+}
+
+/// Error bodies that layers and axum's own rejections write in plain text (body limit,
+/// timeout, unknown method), rewritten to the `{"error": …}` shape every handler uses, so
+/// a client parses one shape. Answers that say nothing about caching are not cached:
+/// everything but the static files changes from one request to the next.
+pub async fn uniform(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut response = if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let (mut parts, body) = response.into_parts();
+        let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let reason = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the request body is over {} bytes", super::MAX_BODY_BYTES)
+            }
+            _ if !text.trim().is_empty() => text.trim().to_string(),
+            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        let mut fresh = (status, Json(json!({ "error": reason }))).into_response();
+        for (name, value) in parts.headers.iter() {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+        fresh
+    } else {
+        response
+    };
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }

@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -27,7 +28,7 @@ use crate::app::Node;
 pub use error::ApiError;
 
 /// Bodies are identities and short messages: a few KiB is plenty.
-const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// No handler has a reason to take long; `/peer` bounds its own calls well below this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,6 +70,10 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::middleware::from_fn_with_state(node.clone(), count_request),
             // Failures are logged by `count_request`, which knows which are planned.
             TraceLayer::new_for_http().on_failure(()),
+            // Page, assets and JSON; never the event streams (the default predicate skips
+            // text/event-stream) or bodies too small to gain.
+            CompressionLayer::new(),
+            axum::middleware::from_fn(error::uniform),
             TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT),
             RequestBodyLimitLayer::new(MAX_BODY_BYTES),
         ))

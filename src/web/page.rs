@@ -96,12 +96,7 @@ impl MemberView {
         }
     }
     fn state_text(&self) -> &'static str {
-        match self.state {
-            crate::membership::State::Alive => "alive",
-            crate::membership::State::Suspect => "suspect",
-            crate::membership::State::Dead => "dead",
-            crate::membership::State::Left => "left",
-        }
+        self.state.as_str()
     }
 }
 
