@@ -5,7 +5,8 @@
 //! Each platform's way of turning those files into a process is modelled as the platform
 //! documents it (Docker: ENTRYPOINT + CMD; Kubernetes: `command` replaces ENTRYPOINT and
 //! `args` replaces CMD; Dokku's Dockerfile builder: the Procfile's `web:` words replace
-//! CMD, in the image's WORKDIR; Heroku and Dokku buildpack builds: the Procfile in /app,
+//! CMD, in the image's WORKDIR; Heroku's container stack: heroku.yml's image and its CMD;
+//! Heroku and Dokku buildpack builds: the Procfile in /app,
 //! where the Rust buildpack copies the binary to `target/release/`). The argv it derives
 //! must name a file that exists in the image's layout, and the real binary, placed there
 //! and started with that argv, must answer `/readyz`.
@@ -430,9 +431,18 @@ fn launches() -> Vec<Launch> {
         (None, None) => docker.clone(),
     };
     let dokku = [image.entrypoint.clone(), words(&procfile_web())].concat();
+    // Heroku's container stack builds what heroku.yml names; with no `run:` section it
+    // starts the image's ENTRYPOINT + CMD (the Procfile is not read).
+    let heroku_yml = yaml("heroku.yml");
+    assert_eq!(heroku_yml["build"]["docker"]["web"], "Dockerfile");
+    assert!(
+        heroku_yml["run"].is_null(),
+        "a run: section would replace CMD"
+    );
     vec![
-        from_image("docker / App Platform (Dockerfile)", docker),
+        from_image("docker / App Platform (Dockerfile)", docker.clone()),
         from_image("kubernetes (deploy/kubernetes.yaml)", kubernetes),
+        from_image("heroku (container stack, heroku.yml)", docker),
         from_image("dokku (Dockerfile builder, Procfile web:)", dokku),
         Launch {
             platform: "heroku / dokku buildpack (Procfile in /app)",
