@@ -57,6 +57,7 @@ impl Node {
         let mut identity = self.me.identity();
         identity.mesh = Some(snapshot.mesh_row(std::time::Instant::now()));
         identity.view_hash = Some(snapshot.view_hash(self.me.id()));
+        identity.leaving = self.drain.is_draining();
         identity
     }
 }

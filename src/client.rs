@@ -103,15 +103,16 @@ impl PeerClient {
         }
     }
 
-    /// `GET /api/identity` at `addr`, with a challenge when `nonce` is given.
+    /// `GET /api/identity` at `addr`, with a challenge (nonce, challenger's instance id)
+    /// when one is given.
     pub async fn identity(
         &self,
         addr: SocketAddr,
-        nonce: Option<&str>,
+        challenge: Option<(&str, &str)>,
     ) -> Result<Reply, CallError> {
         let started = Instant::now();
-        let url = match nonce {
-            Some(nonce) => format!("http://{addr}/api/identity?nonce={nonce}"),
+        let url = match challenge {
+            Some((nonce, from)) => format!("http://{addr}/api/identity?nonce={nonce}&from={from}"),
             None => format!("http://{addr}/api/identity"),
         };
         let response = self

@@ -54,23 +54,25 @@ pub struct Settings {
 
     /// IP that peers should call: `auto` = platform variable (FLY_PRIVATE_IP, POD_IP), else the
     /// bind address when it is a specific one, else the first non-loopback interface address.
-    #[arg(long, env = "ADVERTISE_ADDR", default_value = "auto")]
+    #[arg(long, env = "ADVERTISE_ADDR", default_value = "auto", value_parser = advertise_addr)]
     pub advertise_addr: AutoOr<IpAddr>,
 
     /// Replicas of one service share it; a peer with another name is foreign. Default: the
     /// platform's name for the service, else `rollcall`.
-    #[arg(long, env = "SERVICE_NAME")]
+    #[arg(long, env = "SERVICE_NAME", value_parser = display_name)]
     pub service_name: Option<String>,
 
     /// Display name of this replica. Default: the platform's instance id, else the hostname.
-    #[arg(long, env = "INSTANCE_NAME")]
+    #[arg(long, env = "INSTANCE_NAME", value_parser = display_name)]
     pub instance_name: Option<String>,
 
     /// How many replicas there should be; shown as found / expected.
     #[arg(long, env = "EXPECTED_REPLICAS", value_parser = clap::value_parser!(u32).range(1..))]
     pub expected_replicas: Option<u32>,
 
-    /// When set, peers must prove they hold it (an HMAC challenge) before they are admitted.
+    /// When set, peers must prove they hold it (an HMAC challenge bound to the challenger,
+    /// the prover and the address called) before they are admitted. A comma list: the
+    /// current secret first, then previous ones still accepted during a rotation.
     #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<Secret>,
 
@@ -180,6 +182,26 @@ where
             "auto" | "" => Ok(AutoOr::Auto),
             other => other.parse().map(AutoOr::Given).map_err(|e| format!("{e}")),
         }
+    }
+}
+
+/// A name peers will check and show: a replica with one they refuse could never join.
+fn display_name(s: &str) -> Result<String, String> {
+    if crate::identity::is_display_text(s) {
+        Ok(s.to_string())
+    } else {
+        Err("must be at most 253 bytes with no control characters".into())
+    }
+}
+
+/// An address peers can call: 0.0.0.0 or :: names no host, so a replica advertising it
+/// could never be verified.
+fn advertise_addr(s: &str) -> Result<AutoOr<IpAddr>, String> {
+    match s.parse::<AutoOr<IpAddr>>()? {
+        AutoOr::Given(ip) if ip.is_unspecified() => {
+            Err("must be an address peers can call, not an unspecified one".into())
+        }
+        other => Ok(other),
     }
 }
 
@@ -302,21 +324,31 @@ impl FromStr for Database {
     }
 }
 
-/// A secret setting: never shown by Debug, logs or pages.
+/// `CLUSTER_SECRET`: the current secret, then any previous ones still accepted during a
+/// rotation (a comma list). Never shown by Debug, logs or pages.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Vec<String>);
 
 /// The value the deploy specs ship for `CLUSTER_SECRET`, for the user to replace. Anyone
 /// can read it, so it proves nothing.
 pub const PLACEHOLDER_SECRET: &str = "replace-me-with-a-long-random-string";
 
+/// Current plus a few previous: a rotation needs two, a botched one three.
+const MAX_SECRETS: usize = 4;
+
 impl Secret {
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
+    /// The secret this replica proves with.
+    pub fn current(&self) -> &[u8] {
+        self.0.first().map_or(&[], |s| s.as_bytes())
+    }
+
+    /// Every secret a peer's proof may use.
+    pub fn accepted(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(|s| s.as_bytes())
     }
 
     pub fn is_placeholder(&self) -> bool {
-        self.0 == PLACEHOLDER_SECRET
+        self.0.first().is_some_and(|s| s == PLACEHOLDER_SECRET)
     }
 }
 
@@ -329,11 +361,17 @@ impl std::fmt::Debug for Secret {
 impl FromStr for Secret {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        // Short secrets are guessable from one captured proof.
-        if s.len() < 16 {
-            return Err("must be at least 16 characters".into());
+        let secrets: Vec<String> = s.split(',').map(|p| p.trim().to_string()).collect();
+        if secrets.len() > MAX_SECRETS {
+            return Err(format!(
+                "at most {MAX_SECRETS} secrets (the current one, then previous ones)"
+            ));
         }
-        Ok(Secret(s.to_string()))
+        // Short secrets are guessable from one captured proof.
+        if secrets.iter().any(|s| s.len() < 16) {
+            return Err("each secret must be at least 16 characters".into());
+        }
+        Ok(Secret(secrets))
     }
 }
 
@@ -518,6 +556,8 @@ pub fn one_line_error(err: &clap::Error) -> String {
     let mut rendered = err.render().to_string();
     // A rejected DATABASE_URL is echoed by clap: mask anything that looks like a password.
     if let Some(value) = err.get(ContextKind::InvalidValue).map(|v| v.to_string()) {
+        // A value with a newline would break the one line (and could forge a log line).
+        rendered = rendered.replace(&value, &value.escape_debug().to_string());
         rendered = DatabaseUrl(value.clone()).scrub(&rendered);
         if err
             .get(ContextKind::InvalidArg)

@@ -35,6 +35,28 @@ pub struct Identity {
     /// A short hash of the member set this replica sees (views agree when hashes match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_hash: Option<String>,
+    /// This replica admits only peers that prove CLUSTER_SECRET, so a peer without the
+    /// secret knows it is being refused rather than ignored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_proof: bool,
+    /// Shutting down: a `left` member whose probes say otherwise was never gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+}
+
+/// An instance id as replicas make them: short, ASCII letters, digits, `-` and `_`.
+pub fn is_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A name or service as a person would read it: no control characters (a newline in a
+/// log line or a page is someone forging a line), at most 253 bytes (a DNS name).
+pub fn is_display_text(s: &str) -> bool {
+    s.len() <= 253 && !s.chars().any(char::is_control)
 }
 
 /// One replica's latest direct probe of another.
@@ -293,6 +315,8 @@ impl Me {
                 proof: None,
                 mesh: None,
                 view_hash: None,
+                requires_proof: settings.proof_secret().is_some(),
+                leaving: false,
             },
             platform,
             figures: RwLock::new(SystemFigures::default()),

@@ -109,7 +109,17 @@ pub enum Admission {
     /// First time seen: worth announcing ourselves to it.
     New,
     Known,
+    /// Not admitted: the table is full, or too many members share its IP.
+    Full,
+    /// Not admitted: this instance is alive at another address.
+    Elsewhere,
 }
+
+/// Members in all: far above any real cluster this page can show, far below what a
+/// neighbour inventing members could grow the table (and every snapshot) to.
+pub const MAX_MEMBERS: usize = 512;
+/// Members sharing one IP (several ports of one host, or replicas behind one NAT).
+pub const MAX_MEMBERS_PER_IP: usize = 64;
 
 #[derive(Debug, Default)]
 struct Table {
@@ -178,6 +188,20 @@ impl Table {
                 Self::set_state(old, State::Dead, now);
             }
         }
+        if let Some(member) = self.members.get_mut(&new_id)
+            && member.identity.addr != addr
+            && matches!(member.state, State::Alive | State::Suspect)
+        {
+            // One instance, two addresses: the known one stays until it stops answering.
+            member.last_error = Some(format!(
+                "also claimed at {addr}; ignored while it answers at {}",
+                member.identity.addr
+            ));
+            return Admission::Elsewhere;
+        }
+        if !self.members.contains_key(&new_id) && !self.make_room(addr) {
+            return Admission::Full;
+        }
         match self.members.get_mut(&new_id) {
             Some(member) => {
                 member.sources.insert(method);
@@ -221,13 +245,38 @@ impl Table {
         }
     }
 
+    /// Whether a new member from `addr` fits: within the caps, after forgetting the
+    /// longest-gone dead or left member if the table is full.
+    fn make_room(&mut self, addr: SocketAddr) -> bool {
+        let same_ip = self
+            .members
+            .values()
+            .filter(|m| m.identity.addr.ip() == addr.ip())
+            .count();
+        if same_ip >= MAX_MEMBERS_PER_IP {
+            return false;
+        }
+        if self.members.len() < MAX_MEMBERS {
+            return true;
+        }
+        let gone = self
+            .members
+            .values()
+            .filter(|m| matches!(m.state, State::Dead | State::Left))
+            .min_by_key(|m| m.state_since)
+            .map(|m| m.identity.instance_id.clone());
+        gone.is_some_and(|id| self.members.remove(&id).is_some())
+    }
+
     fn probe_ok(&mut self, identity: Identity, rtt_ms: f64, now: Instant) {
         let Some(member) = self.members.get_mut(&identity.instance_id) else {
             return;
         };
-        if member.state == State::Left {
+        if member.state == State::Left && identity.leaving {
             return;
         }
+        // A `left` member that answers at its own address and is not shutting down never
+        // left: the goodbye was not its own, or it changed its mind.
         member.identity = identity;
         member.rtt_ms = Some(rtt_ms);
         member.last_ok = now;
@@ -665,6 +714,8 @@ mod tests {
             proof: None,
             mesh: None,
             view_hash: None,
+            requires_proof: false,
+            leaving: false,
         }
     }
 
@@ -732,18 +783,93 @@ mod tests {
     }
 
     #[test]
-    fn left_is_never_revived() {
+    fn left_stays_left_while_it_is_leaving_and_comes_back_when_it_is_not() {
         let t0 = Instant::now();
         let mut t = Table::default();
         t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
         t.left("a", t0);
-        // A draining replica still answers for a moment; that must not bring it back.
-        t.probe_ok(identity("a", "127.0.0.2:80"), 0.3, t0);
+        // A draining replica still answers for a moment, saying it is leaving.
+        let mut leaving = identity("a", "127.0.0.2:80");
+        leaving.leaving = true;
+        t.probe_ok(leaving, 0.3, t0);
         assert_eq!(
             t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0),
             Admission::Known
         );
         assert_eq!(state(&t, "a"), State::Left);
+        // A goodbye it never sent: at its own address it answers, not leaving.
+        t.probe_ok(identity("a", "127.0.0.2:80"), 0.3, t0);
+        assert_eq!(state(&t, "a"), State::Alive);
+    }
+
+    #[test]
+    fn a_live_member_never_moves_to_another_address() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+        assert_eq!(
+            t.admit(identity("a", "127.0.0.9:80"), Method::Announce, 1.0, t0),
+            Admission::Elsewhere
+        );
+        assert_eq!(
+            t.members["a"].identity.addr,
+            "127.0.0.2:80".parse().unwrap()
+        );
+        // Once the known address has gone silent for good, the new one may take over.
+        let silent = t0 + TIMING.dead_after + Duration::from_secs(1);
+        t.probe_failed("a", "refused".into(), silent, TIMING);
+        t.tick(silent, TIMING);
+        assert_eq!(state(&t, "a"), State::Dead);
+        let later = t0 + TIMING.dead_after + Duration::from_secs(2);
+        t.admit(identity("a", "127.0.0.9:80"), Method::Announce, 1.0, later);
+        assert_eq!(
+            t.members["a"].identity.addr,
+            "127.0.0.9:80".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_table_is_capped_in_all_and_per_ip() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        for port in 0..MAX_MEMBERS_PER_IP as u16 {
+            let addr = format!("127.0.0.2:{}", 1000 + port);
+            assert_eq!(
+                t.admit(
+                    identity(&format!("p{port}"), &addr),
+                    Method::Announce,
+                    1.0,
+                    t0
+                ),
+                Admission::New
+            );
+        }
+        assert_eq!(
+            t.admit(
+                identity("one-more", "127.0.0.2:9999"),
+                Method::Announce,
+                1.0,
+                t0
+            ),
+            Admission::Full
+        );
+        let mut t = Table::default();
+        for i in 0..MAX_MEMBERS {
+            let addr = format!("127.0.{}.{}:80", i / 200, i % 200 + 1);
+            t.admit(identity(&format!("m{i}"), &addr), Method::Scan, 1.0, t0);
+        }
+        assert_eq!(t.members.len(), MAX_MEMBERS);
+        assert_eq!(
+            t.admit(identity("extra", "127.0.9.9:80"), Method::Scan, 1.0, t0),
+            Admission::Full
+        );
+        // A gone member makes room.
+        t.left("m0", t0);
+        assert_eq!(
+            t.admit(identity("extra", "127.0.9.9:80"), Method::Scan, 1.0, t0),
+            Admission::New
+        );
+        assert!(!t.members.contains_key("m0"));
     }
 
     #[test]

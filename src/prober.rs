@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 
 use crate::app::Node;
 use crate::discovery::Candidate;
-use crate::membership::{Member, State};
+use crate::membership::Member;
 
 pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(node.probe_interval());
@@ -16,11 +16,8 @@ pub async fn run(node: Arc<Node>) {
     loop {
         ticker.tick().await;
         let snapshot = node.membership.snapshot();
-        let probes = snapshot
-            .members
-            .iter()
-            .filter(|m| m.state != State::Left)
-            .map(|m| probe(&node, m));
+        // Left members too: one that still answers and is not leaving comes back.
+        let probes = snapshot.members.iter().map(|m| probe(&node, m));
         join_all(probes).await;
     }
 }

@@ -1,42 +1,78 @@
-//! Proof that a peer holds `CLUSTER_SECRET`: HMAC-SHA256(secret, nonce ‖ instance_id ‖
-//! service) over a fresh random nonce, so a copied or replayed identity proves nothing.
+//! Proof that a peer holds `CLUSTER_SECRET`.
+//!
+//! The proof is HMAC-SHA256 over a domain-separated, length-prefixed tuple: purpose,
+//! the challenger's fresh nonce, the challenger's instance id, the prover's instance id,
+//! service and the prover's own address. A proof fetched from a real replica and relayed
+//! by a neighbour therefore proves that replica at *its* address: the neighbour answering
+//! at another address is an alias, never that member.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::config::Secret;
 use crate::identity::Identity;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// What a proof is for; a MAC made for one purpose never verifies for another.
+const PURPOSE_IDENTITY: &str = "rollcall/identity/v2";
 
 /// A fresh challenge: 16 random bytes, hex.
 pub fn nonce() -> String {
     hex(&rand::random::<[u8; 16]>())
 }
 
-fn mac(secret: &[u8], nonce: &str, instance_id: &str, service: &str) -> HmacSha256 {
+/// Who is challenged, by whom, and where: everything a proof binds.
+#[derive(Debug, Clone, Copy)]
+pub struct Challenge<'a> {
+    pub nonce: &'a str,
+    pub challenger: &'a str,
+    pub prover: &'a str,
+    pub service: &'a str,
+    pub addr: std::net::SocketAddr,
+}
+
+fn mac(key: &[u8], c: &Challenge<'_>) -> HmacSha256 {
     // HMAC takes keys of any length; this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-    mac.update(nonce.as_bytes());
-    mac.update(instance_id.as_bytes());
-    mac.update(service.as_bytes());
+    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    let addr = c.addr.to_string();
+    for field in [
+        PURPOSE_IDENTITY,
+        c.nonce,
+        c.challenger,
+        c.prover,
+        c.service,
+        addr.as_str(),
+    ] {
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field.as_bytes());
+    }
     mac
 }
 
-/// Our answer to a challenge.
-pub fn prove(secret: &[u8], nonce: &str, instance_id: &str, service: &str) -> String {
-    hex(&mac(secret, nonce, instance_id, service)
-        .finalize()
-        .into_bytes())
+/// Our answer to a challenge, with the current secret.
+pub fn prove(secret: &Secret, challenge: &Challenge<'_>) -> String {
+    hex(&mac(secret.current(), challenge).finalize().into_bytes())
 }
 
-/// Whether `identity` carries a valid answer to `nonce`, compared in constant time.
-pub fn check(secret: &[u8], nonce: &str, identity: &Identity) -> bool {
+/// Whether `identity` carries a valid answer to `nonce` from `challenger`, for the
+/// identity's own instance id, service and address, under any accepted secret (current or
+/// previous, during a rotation). Compared in constant time.
+pub fn check(secret: &Secret, nonce: &str, challenger: &str, identity: &Identity) -> bool {
     let Some(proof) = identity.proof.as_deref().and_then(unhex) else {
         return false;
     };
-    mac(secret, nonce, &identity.instance_id, &identity.service)
-        .verify_slice(&proof)
-        .is_ok()
+    let challenge = Challenge {
+        nonce,
+        challenger,
+        prover: &identity.instance_id,
+        service: &identity.service,
+        addr: identity.addr,
+    };
+    secret
+        .accepted()
+        .any(|key| mac(key, &challenge).verify_slice(&proof).is_ok())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -70,30 +106,87 @@ mod tests {
             proof,
             mesh: None,
             view_hash: None,
+            requires_proof: false,
+            leaving: false,
         }
     }
 
+    fn secret(s: &str) -> Secret {
+        s.parse().unwrap()
+    }
+
+    fn answer(secret: &Secret, nonce: &str, challenger: &str, id: &Identity) -> Identity {
+        let challenge = Challenge {
+            nonce,
+            challenger,
+            prover: &id.instance_id,
+            service: &id.service,
+            addr: id.addr,
+        };
+        identity(Some(prove(secret, &challenge)))
+    }
+
     #[test]
-    fn proofs_check_only_for_the_same_secret_nonce_and_identity() {
-        let secret = b"a-long-enough-secret";
+    fn proofs_bind_secret_nonce_challenger_prover_service_and_address() {
+        let key = secret("a-long-enough-secret");
         let n = nonce();
         assert_eq!(n.len(), 32);
         assert_ne!(n, nonce(), "fresh every time");
-        let good = identity(Some(prove(secret, &n, "01JABC", "svc")));
-        assert!(check(secret, &n, &good));
-        assert!(!check(b"another-long-secret!", &n, &good), "other secret");
+        let good = answer(&key, &n, "ME", &identity(None));
+        assert!(check(&key, &n, "ME", &good));
         assert!(
-            !check(secret, &nonce(), &good),
+            !check(&secret("another-long-secret!"), &n, "ME", &good),
+            "other secret"
+        );
+        assert!(
+            !check(&key, &nonce(), "ME", &good),
             "replayed for another nonce"
+        );
+        assert!(
+            !check(&key, &n, "YOU", &good),
+            "answered for another challenger"
+        );
+        let mut moved = good.clone();
+        moved.addr = "127.0.0.9:80".parse().unwrap();
+        assert!(
+            !check(&key, &n, "ME", &moved),
+            "relayed from another address"
         );
         let mut other = good.clone();
         other.instance_id = "01JXYZ".into();
-        assert!(!check(secret, &n, &other), "copied onto another identity");
-        assert!(!check(secret, &n, &identity(None)), "no proof");
-        assert!(!check(secret, &n, &identity(Some("zz".into()))), "not hex");
         assert!(
-            !check(secret, &n, &identity(Some("ab".repeat(200)))),
+            !check(&key, &n, "ME", &other),
+            "copied onto another identity"
+        );
+        let mut service = good.clone();
+        service.service = "svc2".into();
+        assert!(!check(&key, &n, "ME", &service), "another service");
+        assert!(!check(&key, &n, "ME", &identity(None)), "no proof");
+        assert!(
+            !check(&key, &n, "ME", &identity(Some("zz".into()))),
+            "not hex"
+        );
+        assert!(
+            !check(&key, &n, "ME", &identity(Some("ab".repeat(200)))),
             "too long"
         );
+    }
+
+    #[test]
+    fn a_rotation_accepts_the_previous_secret() {
+        let old = secret("the-previous-secret-1");
+        let both = secret("the-current-secret-22,the-previous-secret-1");
+        let n = nonce();
+        let from_old = answer(&old, &n, "ME", &identity(None));
+        assert!(
+            check(&both, &n, "ME", &from_old),
+            "old replicas still admitted"
+        );
+        let from_new = answer(&both, &n, "ME", &identity(None));
+        assert!(
+            !check(&old, &n, "ME", &from_new),
+            "new proofs use the current secret"
+        );
+        assert!(check(&both, &n, "ME", &from_new));
     }
 }

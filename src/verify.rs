@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 use crate::app::Node;
 use crate::client::{CallError, Reply};
-use crate::identity::Identity;
+use crate::identity::{Identity, is_display_text};
+use crate::membership::MAX_MEMBERS;
 use crate::proof;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,18 +31,21 @@ pub async fn verify(node: &Node, candidate: SocketAddr) -> Verdict {
         ask(node, candidate).await,
         node.me.service(),
         node.me.id(),
+        node.settings.proof_secret().is_some(),
     )
 }
 
 /// Asks `addr` who it is. With CLUSTER_SECRET set, the answer must carry a valid proof
-/// for a fresh nonce: a copied or replayed identity is refused.
+/// for a fresh nonce, bound to us as challenger and to the address the identity names: a
+/// copied, replayed or relayed identity is refused (or, relayed unchanged, is an alias).
 pub async fn ask(node: &Node, addr: SocketAddr) -> Result<Reply, CallError> {
     let Some(secret) = node.settings.proof_secret() else {
         return node.client.identity(addr, None).await;
     };
     let nonce = proof::nonce();
-    let reply = node.client.identity(addr, Some(&nonce)).await?;
-    if proof::check(secret.expose(), &nonce, &reply.identity) {
+    let me = node.me.id();
+    let reply = node.client.identity(addr, Some((&nonce, me))).await?;
+    if proof::check(secret, &nonce, me, &reply.identity) {
         Ok(reply)
     } else {
         Err(CallError::BadProof)
@@ -54,12 +58,18 @@ pub fn judge(
     answer: Result<Reply, CallError>,
     service: &str,
     my_id: &str,
+    have_secret: bool,
 ) -> Verdict {
     let Reply {
         identity, rtt_ms, ..
     } = match answer {
         Ok(reply) => reply,
         Err(e) if e.is_connect() => return Verdict::Unreachable(e.to_string()),
+        Err(CallError::BadProof) => {
+            return Verdict::Foreign(
+                "no valid proof of CLUSTER_SECRET: its secret differs, or it has none".into(),
+            );
+        }
         Err(e) => return Verdict::Foreign(e.to_string()),
     };
     if let Err(why) = plausible(&identity) {
@@ -72,6 +82,14 @@ pub fn judge(
             service
         ));
     }
+    if identity.requires_proof && !have_secret {
+        // It would refuse our (missing) proof: say so, rather than count it reachable.
+        return Verdict::Foreign(
+            "requires a CLUSTER_SECRET proof, and this replica has no secret: \
+             it does not admit this replica"
+                .into(),
+        );
+    }
     match (identity.addr == candidate, identity.instance_id == my_id) {
         (true, true) => Verdict::Myself,
         (true, false) => Verdict::Member(identity, rtt_ms),
@@ -81,20 +99,18 @@ pub fn judge(
 
 /// Rejects identities no replica would send, so nothing odd reaches the page or the table.
 fn plausible(identity: &Identity) -> Result<(), String> {
-    let id_ok = !identity.instance_id.is_empty()
-        && identity.instance_id.len() <= 64
-        && identity
-            .instance_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !id_ok {
+    if !crate::identity::is_instance_id(&identity.instance_id) {
         return Err("malformed instance_id".into());
     }
-    if identity.name.len() > 253 || identity.service.len() > 253 {
-        return Err("name or service longer than 253 bytes".into());
+    if !is_display_text(&identity.name) || !is_display_text(&identity.service) {
+        return Err("name or service longer than 253 bytes or with control characters".into());
     }
-    if identity.mesh.as_ref().is_some_and(|row| row.len() > 1024) {
-        return Err("mesh row of more than 1,024 members".into());
+    if identity
+        .mesh
+        .as_ref()
+        .is_some_and(|row| row.len() > MAX_MEMBERS)
+    {
+        return Err(format!("mesh row of more than {MAX_MEMBERS} members"));
     }
     if identity.addr.ip().is_unspecified() || identity.addr.port() == 0 {
         return Err(format!("claims unusable address {}", identity.addr));
@@ -124,6 +140,8 @@ mod tests {
             proof: None,
             mesh: None,
             view_hash: None,
+            requires_proof: false,
+            leaving: false,
         }
     }
 
@@ -135,7 +153,7 @@ mod tests {
             status: 200,
             rtt_ms: 0.5,
         });
-        judge(AT.parse().unwrap(), reply, "svc", "ME")
+        judge(AT.parse().unwrap(), reply, "svc", "ME", false)
     }
 
     #[test]

@@ -17,7 +17,7 @@ fn judge_bytes(bytes: &[u8]) -> Verdict {
         rtt_ms: 0.3,
     });
     let at: SocketAddr = "127.0.0.3:8080".parse().unwrap();
-    judge(at, answer, "rollcall", "01ME")
+    judge(at, answer, "rollcall", "01ME", false)
 }
 
 /// Strings that look like identities, with hostile fields.

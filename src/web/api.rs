@@ -14,7 +14,7 @@ use super::ApiError;
 use super::status::Status;
 use crate::app::Node;
 use crate::discovery::{Candidate, Method};
-use crate::identity::Identity;
+use crate::identity::{Identity, is_instance_id};
 use crate::proof;
 use crate::verify::clip;
 
@@ -26,6 +26,8 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
 #[serde(deny_unknown_fields)]
 pub struct IdentityQuery {
     nonce: Option<String>,
+    /// The challenger's instance id, bound into the proof.
+    from: Option<String>,
 }
 
 pub async fn identity(
@@ -40,13 +42,22 @@ pub async fn identity(
             "nonce must be 1 to 128 hex digits".into(),
         ));
     }
+    if query.from.as_deref().is_some_and(|id| !is_instance_id(id)) {
+        return Err(ApiError::BadRequest(
+            "from must be an instance id (1 to 64 letters, digits, - or _)".into(),
+        ));
+    }
     let mut identity = node.published_identity();
     if let (Some(nonce), Some(secret)) = (&query.nonce, node.settings.proof_secret()) {
         identity.proof = Some(proof::prove(
-            secret.expose(),
-            nonce,
-            &identity.instance_id,
-            &identity.service,
+            secret,
+            &proof::Challenge {
+                nonce,
+                challenger: query.from.as_deref().unwrap_or_default(),
+                prover: &identity.instance_id,
+                service: &identity.service,
+                addr: identity.addr,
+            },
         ));
     }
     Ok(Json(identity))
