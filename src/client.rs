@@ -162,15 +162,25 @@ impl PeerClient {
     }
 
     /// Posts JSON to a URL (the public address, through the load balancer), with a cookie.
-    pub async fn post_json<T: serde::Serialize + ?Sized>(
+    /// `POST`s a JSON body to a URL (the public address), with a cookie and headers; the
+    /// answer's body, bounded.
+    pub async fn post_json(
         &self,
         url: &str,
         cookie: Option<&str>,
-        body: &T,
+        json: String,
+        headers: &[(&'static str, String)],
     ) -> Result<Vec<u8>, CallError> {
-        let mut request = self.any.post(url).json(body);
+        let mut request = self
+            .any
+            .post(url)
+            .header("content-type", "application/json")
+            .body(json);
         if let Some(cookie) = cookie {
             request = request.header("cookie", cookie);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         send_bounded(request).await
     }

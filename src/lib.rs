@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod prober;
 pub mod proof;
 pub mod relay;
+pub mod relay_auth;
 pub mod telemetry;
 pub mod timeline;
 pub mod verify;

@@ -32,18 +32,10 @@ pub struct Challenge<'a> {
     pub addr: std::net::SocketAddr,
 }
 
-fn mac(key: &[u8], c: &Challenge<'_>) -> HmacSha256 {
+fn mac(key: &[u8], purpose: &str, fields: &[&str]) -> HmacSha256 {
     // HMAC takes keys of any length; this cannot fail.
     let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    let addr = c.addr.to_string();
-    for field in [
-        PURPOSE_IDENTITY,
-        c.nonce,
-        c.challenger,
-        c.prover,
-        c.service,
-        addr.as_str(),
-    ] {
+    for field in std::iter::once(&purpose).chain(fields) {
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         mac.update(&(field.len() as u64).to_be_bytes());
         mac.update(field.as_bytes());
@@ -51,16 +43,48 @@ fn mac(key: &[u8], c: &Challenge<'_>) -> HmacSha256 {
     mac
 }
 
+/// A MAC with the current secret over `purpose` and `fields`, hex.
+pub fn sign(secret: &Secret, purpose: &str, fields: &[&str]) -> String {
+    hex(&mac(secret.current(), purpose, fields)
+        .finalize()
+        .into_bytes())
+}
+
+/// Whether `mac_hex` signs `purpose` and `fields` under any accepted secret, compared in
+/// constant time.
+pub fn verify(secret: &Secret, purpose: &str, fields: &[&str], mac_hex: &str) -> bool {
+    let Some(tag) = unhex(mac_hex) else {
+        return false;
+    };
+    secret
+        .accepted()
+        .any(|key| mac(key, purpose, fields).verify_slice(&tag).is_ok())
+}
+
+impl Challenge<'_> {
+    fn fields(&self) -> [String; 5] {
+        [
+            self.nonce.to_string(),
+            self.challenger.to_string(),
+            self.prover.to_string(),
+            self.service.to_string(),
+            self.addr.to_string(),
+        ]
+    }
+}
+
 /// Our answer to a challenge, with the current secret.
 pub fn prove(secret: &Secret, challenge: &Challenge<'_>) -> String {
-    hex(&mac(secret.current(), challenge).finalize().into_bytes())
+    let fields = challenge.fields();
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    sign(secret, PURPOSE_IDENTITY, &fields)
 }
 
 /// Whether `identity` carries a valid answer to `nonce` from `challenger`, for the
 /// identity's own instance id, service and address, under any accepted secret (current or
-/// previous, during a rotation). Compared in constant time.
+/// previous, during a rotation).
 pub fn check(secret: &Secret, nonce: &str, challenger: &str, identity: &Identity) -> bool {
-    let Some(proof) = identity.proof.as_deref().and_then(unhex) else {
+    let Some(proof) = identity.proof.as_deref() else {
         return false;
     };
     let challenge = Challenge {
@@ -70,9 +94,9 @@ pub fn check(secret: &Secret, nonce: &str, challenger: &str, identity: &Identity
         service: &identity.service,
         addr: identity.addr,
     };
-    secret
-        .accepted()
-        .any(|key| mac(key, &challenge).verify_slice(&proof).is_ok())
+    let fields = challenge.fields();
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    verify(secret, PURPOSE_IDENTITY, &fields, proof)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::app::Node;
 use crate::broadcast::Message;
 use crate::membership::State;
+use crate::relay_auth::{self, SignedMessage};
 
 /// Where messages go, for the page and `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -126,6 +127,14 @@ pub async fn run(node: Arc<Node>) {
         );
         return;
     };
+    let Some(secret) = node.settings.proof_secret().cloned() else {
+        node.relay.set(
+            "direct",
+            None,
+            "relay needs CLUSTER_SECRET: what crosses the public address must be signed".into(),
+        );
+        return;
+    };
     let http = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -155,7 +164,8 @@ pub async fn run(node: Arc<Node>) {
                 continue;
             }
         };
-        let mut request = http.get(public.join(&format!("/api/relay?from={}", node.me.id())));
+        let query = relay_auth::subscription_query(&secret, node.me.id());
+        let mut request = http.get(public.join(&format!("/api/relay?{query}")));
         if let Some((cookie, _)) = &stored {
             request = request.header("cookie", format!("{name}={cookie}"));
         }
@@ -246,8 +256,11 @@ pub async fn run(node: Arc<Node>) {
                 break;
             };
             for (event, data) in events {
-                if event == "message"
-                    && let Ok(message) = serde_json::from_str::<Message>(&data)
+                // Only what the hub signed: the stream crossed the load balancer.
+                if event == "signed"
+                    && let Ok(signed) = serde_json::from_str::<SignedMessage>(&data)
+                    && relay_auth::check_message(&secret, &signed).is_ok()
+                    && let Ok(message) = serde_json::from_str::<Message>(&signed.message)
                     && message.plausible()
                 {
                     node.broadcaster.deliver(message);
@@ -264,15 +277,24 @@ pub async fn run(node: Arc<Node>) {
 
 /// Sends a message through the hub; the instance ids it reached.
 pub async fn publish(node: &Node, message: &Message) -> Vec<String> {
-    let (Some(public), Some(cookie)) = (&node.settings.public_url, node.relay.cookie()) else {
+    let (Some(public), Some(cookie), Some(secret)) = (
+        &node.settings.public_url,
+        node.relay.cookie(),
+        node.settings.proof_secret(),
+    ) else {
         return Vec::new();
     };
+    let Ok(json) = serde_json::to_string(message) else {
+        return Vec::new();
+    };
+    let headers = relay_auth::publish_headers(secret, node.me.id(), &json);
     let sent = node
         .client
         .post_json(
             &public.join("/api/relay/publish"),
             Some(&format!("{}={cookie}", node.settings.affinity_cookie)),
-            message,
+            json,
+            &headers,
         )
         .await;
     match sent {

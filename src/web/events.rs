@@ -24,8 +24,9 @@ use tokio::sync::{broadcast, watch};
 use super::ApiError;
 use crate::app::Node;
 use crate::broadcast::{MAX_TEXT, Message};
+use crate::config::Secret;
 use crate::membership::{Snapshot, State as MemberState};
-use crate::verify::clip;
+use crate::relay_auth::{AuthError, check_publish, check_subscription, sign_message};
 
 /// What one stream has yet to send, and what it watches.
 struct Feed {
@@ -34,7 +35,8 @@ struct Feed {
     shutdown: watch::Receiver<bool>,
     pending: VecDeque<Event>,
     states: HashMap<String, MemberState>,
-    _subscriber: Option<Subscriber>,
+    /// A relay subscriber's stream: counted while it lives, every message signed.
+    relay: Option<(Subscriber, Secret)>,
 }
 
 fn message_event(m: &Message) -> Event {
@@ -42,6 +44,25 @@ fn message_event(m: &Message) -> Event {
         .event("message")
         .id(m.id.clone())
         .data(serde_json::to_string(m).unwrap_or_default())
+}
+
+/// A message for a replica behind the load balancer: signed, so only a hub holding the
+/// secret can feed it.
+fn signed_event(m: &Message, secret: &Secret) -> Event {
+    let signed = sign_message(secret, serde_json::to_string(m).unwrap_or_default());
+    Event::default()
+        .event("signed")
+        .id(m.id.clone())
+        .data(serde_json::to_string(&signed).unwrap_or_default())
+}
+
+impl Feed {
+    fn event_for(&self, m: &Message) -> Event {
+        match &self.relay {
+            Some((_, secret)) => signed_event(m, secret),
+            None => message_event(m),
+        }
+    }
 }
 
 impl Feed {
@@ -87,7 +108,10 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
             }
             tokio::select! {
                 message = feed.messages.recv() => match message {
-                    Ok(m) => feed.pending.push_back(message_event(&m)),
+                    Ok(m) => {
+                        let event = feed.event_for(&m);
+                        feed.pending.push_back(event);
+                    }
                     // A slow reader misses messages rather than holding memory for them.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -102,7 +126,7 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
-fn feed(node: &Node, members: bool, subscriber: Option<Subscriber>) -> Feed {
+fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>) -> Feed {
     let messages = node.broadcaster.subscribe();
     let mut feed = Feed {
         messages,
@@ -110,7 +134,7 @@ fn feed(node: &Node, members: bool, subscriber: Option<Subscriber>) -> Feed {
         shutdown: node.shutdown.subscribe(),
         pending: VecDeque::new(),
         states: HashMap::new(),
-        _subscriber: subscriber,
+        relay,
     };
     if members {
         feed.pending
@@ -241,23 +265,32 @@ impl Drop for Subscriber {
 #[serde(deny_unknown_fields)]
 pub struct RelayQuery {
     from: String,
+    time: String,
+    mac: String,
 }
 
-/// `GET /api/relay?from=ID`: a replica that reached this one through the load balancer
-/// takes it as its hub and receives every message here. The `x-rollcall-hub` header says
-/// which replica it landed on.
+/// `GET /api/relay?from=ID&time=MS&mac=HEX`: a replica that reached this one through the
+/// load balancer takes it as its hub and receives every message here, signed. The
+/// subscription itself must be signed with CLUSTER_SECRET: anyone can reach this address.
+/// The `x-rollcall-hub` header says which replica it landed on.
 pub async fn relay(
     State(node): State<Arc<Node>>,
     query: Result<Query<RelayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let from = clip(&query.from);
-    if from.is_empty() || !from.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ApiError::BadRequest("from must be an instance id".into()));
-    }
-    let subscriber = Subscriber::new(node.clone(), from);
-    let sse =
-        Sse::new(stream(feed(&node, false, Some(subscriber)))).keep_alive(KeepAlive::default());
+    let secret = node.settings.proof_secret().cloned();
+    let Query(query) = query.map_err(|_| {
+        ApiError::Forbidden(
+            "a relay subscription needs from, time and mac signed with CLUSTER_SECRET".into(),
+        )
+    })?;
+    check_subscription(secret.as_ref(), &query.from, &query.time, &query.mac)
+        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+    let Some(secret) = secret else {
+        return Err(ApiError::Forbidden(AuthError::NoSecret.to_string()));
+    };
+    let subscriber = Subscriber::new(node.clone(), query.from);
+    let sse = Sse::new(stream(feed(&node, false, Some((subscriber, secret)))))
+        .keep_alive(KeepAlive::default());
     let mut response = sse.into_response();
     if let Ok(hub) = HeaderValue::from_str(node.me.id()) {
         response.headers_mut().insert("x-rollcall-hub", hub);
@@ -265,14 +298,25 @@ pub async fn relay(
     Ok(response)
 }
 
-/// `POST /api/relay/publish`: a message for every replica connected to this hub.
+/// `POST /api/relay/publish`: a message for every replica connected to this hub, signed by
+/// the replica it entered by. Its origin and path are that replica's, never what a client
+/// says.
 pub async fn relay_publish(
     State(node): State<Arc<Node>>,
-    body: Result<Json<Message>, JsonRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(message) = body?;
+    let from = check_publish(node.settings.proof_secret(), &headers, &body)
+        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+    let message: Message = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("not a message: {e}")))?;
     if !message.plausible() {
         return Err(ApiError::BadRequest("not a plausible message".into()));
+    }
+    if message.origin != from || message.via != [from.clone()] {
+        return Err(ApiError::Forbidden(format!(
+            "a message published by {from} must have entered by {from}"
+        )));
     }
     node.broadcaster.deliver(message.clone());
     let mut delivered = vec![node.me.id().to_string()];
