@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::broadcast::Broadcaster;
 use crate::client::PeerClient;
 use crate::config::Settings;
+use crate::discovery::announce::{Announcements, Scope};
 use crate::discovery::registry::Registry;
 use crate::discovery::{self, Candidate, Method, Report, Reports};
 use crate::drain::{self, Drain};
@@ -30,6 +31,8 @@ pub struct Node {
     pub reports: Reports,
     pub client: PeerClient,
     pub candidates: mpsc::Sender<Candidate>,
+    /// Hellos and alias follow-ups: claims from the network, in their own bounded queue.
+    pub announcements: Announcements,
     pub registry: Option<Arc<Registry>>,
     pub broadcaster: Broadcaster,
     pub relay: Relay,
@@ -77,6 +80,7 @@ pub struct Application {
     node: Arc<Node>,
     listener: TcpListener,
     candidates: mpsc::Receiver<Candidate>,
+    announced: mpsc::Receiver<SocketAddr>,
 }
 
 impl Application {
@@ -105,6 +109,9 @@ impl Application {
             prober::probe_timeout(Duration::from_millis(settings.probe_interval_ms)),
         );
         let (tx, rx) = mpsc::channel(discovery::QUEUE);
+        let scan = discovery::scan::plan(&settings.scan_cidrs, me.addr().ip(), &me.platform)
+            .unwrap_or_default();
+        let (announcements, announced) = Announcements::new(Scope::new(&scan, me.addr().ip()));
         let timing = Timing {
             dead_after: Duration::from_secs(settings.dead_after_secs),
             forget_after: Duration::from_secs(settings.forget_after_secs),
@@ -141,6 +148,7 @@ impl Application {
             reports,
             client,
             candidates: tx,
+            announcements,
             registry,
             broadcaster: Broadcaster::new(me_id.as_str()),
             relay: Relay::default(),
@@ -155,6 +163,7 @@ impl Application {
             node,
             listener,
             candidates: rx,
+            announced,
         })
     }
 
@@ -179,8 +188,13 @@ impl Application {
             node,
             listener,
             candidates,
+            announced,
         } = self;
-        let tasks = start_tasks(&node, candidates);
+        let mut tasks = start_tasks(&node, candidates);
+        tasks.push(tokio::spawn(discovery::announce::run(
+            node.clone(),
+            announced,
+        )));
         node.drain.set_ready();
         let me = node.me.identity();
         tracing::info!(

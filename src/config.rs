@@ -154,6 +154,18 @@ pub struct Settings {
     #[arg(long, env = "DRAIN_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub drain_secs: u64,
 
+    /// Messages per second one client may broadcast through one replica (bursts of five
+    /// times that); all clients together, ten times that. Each message reaches every
+    /// viewer of every replica.
+    #[arg(long, env = "BROADCAST_RATE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub broadcast_rate: u32,
+
+    /// Comma list of addresses or CIDRs of proxies (the platform's load balancer) whose
+    /// `X-Forwarded-For` names the real client, for rate limits. Unset: every request is
+    /// keyed on the address that connected.
+    #[arg(long, env = "TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<TrustedProxies>,
+
     /// Log format: `text` or `json`. Default: text on a terminal, else json.
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -239,6 +251,23 @@ impl FromStr for ScanCidrs {
             Ok(net.trunc())
         })
         .map(ScanCidrs::List)
+    }
+}
+
+/// `TRUSTED_PROXIES`: addresses (or CIDRs) allowed to say who the client is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        comma_list(s, |item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| format!("'{item}' is not an address or CIDR"))
+        })
+        .map(TrustedProxies)
     }
 }
 

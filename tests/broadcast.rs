@@ -97,9 +97,10 @@ async fn all_delivered_once(listeners: &[(&str, &Listener)], ids: &[String]) {
 #[tokio::test]
 async fn a_thousand_messages_reach_every_client_exactly_once() {
     let port = free_port();
+    // A throughput test: the per-client broadcast limit raised out of the way.
     let replicas: Vec<Replica> = [2, 3, 4]
         .iter()
-        .map(|&i| Replica::start(i, port, &[]))
+        .map(|&i| Replica::start(i, port, &[("BROADCAST_RATE", "1000")]))
         .collect();
     let all: Vec<&Replica> = replicas.iter().collect();
     wait_until_all_see(&all).await;
@@ -130,9 +131,10 @@ async fn a_thousand_messages_reach_every_client_exactly_once() {
 #[tokio::test]
 async fn a_replica_killed_mid_stream_does_not_stop_the_others() {
     let port = free_port();
-    let a = Replica::start(2, port, &[]);
-    let b = Replica::start(3, port, &[]);
-    let mut c = Some(Replica::start(4, port, &[]));
+    let fast = [("BROADCAST_RATE", "1000")];
+    let a = Replica::start(2, port, &fast);
+    let b = Replica::start(3, port, &fast);
+    let mut c = Some(Replica::start(4, port, &fast));
     wait_until_all_see(&[&a, &b, c.as_ref().unwrap()]).await;
     let (la, lb) = (Listener::open(&a).await, Listener::open(&b).await);
     let mut ids = Vec::new();

@@ -4,6 +4,7 @@
 //! Adding a method means adding a file here that sends [`Candidate`]s and fills in its
 //! [`Report`].
 
+pub mod announce;
 pub mod dns;
 pub mod registry;
 pub mod scan;
@@ -213,12 +214,8 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
         let node = node.clone();
         let in_flight = in_flight.clone();
         tokio::spawn(async move {
-            let verdict = verify(&node, candidate.addr).await;
             let addr = candidate.addr;
-            if matches!(verdict, Verdict::Alias(_)) {
-                sample_alias(&node, addr).await;
-            }
-            apply(&node, candidate, verdict);
+            verify_and_apply(&node, candidate).await;
             let waiting = in_flight
                 .lock()
                 .ok()
@@ -232,6 +229,17 @@ pub async fn run_verifier(node: Arc<Node>, mut candidates: mpsc::Receiver<Candid
             drop(permit);
         });
     }
+}
+
+/// Verifies one candidate and records what it is; whether it was a member.
+pub async fn verify_and_apply(node: &Arc<Node>, candidate: Candidate) -> bool {
+    let verdict = verify(node, candidate.addr).await;
+    if matches!(verdict, Verdict::Alias(_)) {
+        sample_alias(node, candidate.addr).await;
+    }
+    let member = matches!(verdict, Verdict::Member(..));
+    apply(node, candidate, verdict);
+    member
 }
 
 fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
@@ -254,12 +262,12 @@ fn apply(node: &Arc<Node>, candidate: Candidate, verdict: Verdict) {
         Verdict::Alias(identity) => {
             let claimed = identity.addr;
             node.membership.alias(candidate.addr, identity.instance_id);
-            // The replica behind the alias says where it lives: verify that directly. It is
-            // credited as an announcement, not to the source that found the alias (a
-            // load-balanced name does not list the replicas).
-            let _ = node
-                .candidates
-                .try_send(Candidate::new(claimed, Method::Announce));
+            // The replica behind the alias says where it lives: verify that directly, if it
+            // is where replicas can live. It is credited as an announcement, not to the
+            // source that found the alias (a load-balanced name does not list the replicas).
+            if let Err(why) = node.announcements.submit(claimed) {
+                tracing::debug!(%claimed, reason = %why, "alias follow-up not verified");
+            }
         }
         Verdict::Foreign(reason) => node.membership.foreign(candidate.addr, reason),
         Verdict::Myself => {}

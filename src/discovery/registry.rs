@@ -26,6 +26,10 @@ use crate::membership::State;
 const CHANNEL: &str = "rollcall_members";
 /// Rows read per cycle at most: a registry full of junk must not grow memory.
 const MAX_ROWS: i64 = 1000;
+/// A row a replica could have written: anything longer is junk, never read into memory
+/// (one 20 MB row would otherwise cost every replica that much each cycle), and deleted.
+const SANE_ROW: &str = "length(instance_id) <= 64 AND length(name) <= 253 \
+                        AND length(addr) <= 64 AND length(version) <= 64 AND length(started_at) <= 64";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -242,7 +246,8 @@ impl Registry {
 
         let rows: Vec<AnyRow> = sqlx::query(AssertSqlSafe(format!(
             "SELECT instance_id, name, addr, {now} - last_seen AS age_ms FROM rollcall_members \
-             WHERE service = $1 ORDER BY instance_id LIMIT {MAX_ROWS}"
+             WHERE service = $1 AND last_seen <= {now} AND {SANE_ROW} \
+             ORDER BY last_seen DESC LIMIT {MAX_ROWS}"
         )))
         .bind(&me.service)
         .fetch_all(&self.pool)
@@ -261,7 +266,8 @@ impl Registry {
             .collect();
 
         let removed = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM rollcall_members WHERE service = $1 AND last_seen < {now} - $2"
+            "DELETE FROM rollcall_members WHERE service = $1 \
+             AND (last_seen < {now} - $2 OR last_seen > {now} + $2 OR NOT ({SANE_ROW}))"
         )))
         .bind(&me.service)
         .bind(self.ttl_ms())

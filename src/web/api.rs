@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::status::Status;
 use crate::app::Node;
-use crate::discovery::{Candidate, Method};
+use crate::discovery::announce::{self, Refused};
 use crate::identity::{Identity, is_instance_id};
 use crate::proof;
 use crate::verify::clip;
@@ -92,9 +92,29 @@ pub async fn hello(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(claim) = body?;
     claimed_by_caller(&node, &claim, caller)?;
-    node.candidates
-        .try_send(Candidate::new(claim.addr, Method::Announce))
-        .map_err(|_| ApiError::Unavailable("verification queue is full; try later".into()))?;
+    // A load balancer's address answers as some replica: a hello from it is no replica's.
+    let snapshot = node.membership.snapshot();
+    if snapshot
+        .aliases
+        .iter()
+        .any(|(a, _)| a.ip().to_canonical() == caller.ip().to_canonical())
+    {
+        return Err(ApiError::Forbidden(format!(
+            "{} is a load-balanced address, not a replica",
+            caller.ip()
+        )));
+    }
+    node.announcements
+        .submit(claim.addr)
+        .map_err(|refused| match refused {
+            Refused::OutOfScope(_) => ApiError::Forbidden(refused.to_string()),
+            Refused::Busy(_) | Refused::RecentlyFailed(_) | Refused::Full => {
+                ApiError::RateLimited {
+                    what: "hello",
+                    retry_after: announce::COOLDOWN / 5,
+                }
+            }
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "queued": claim.addr, "by": node.me.id() })),

@@ -19,8 +19,16 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     TooMany(String),
+    /// Over a rate limit: answered with `Retry-After`.
+    #[error("{what}: too many requests; retry in {} s", retry_secs(*.retry_after))]
+    RateLimited {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    UnsupportedType(String),
 }
 
 impl ApiError {
@@ -30,19 +38,36 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 }
 
+/// Whole seconds to wait, at least one (what `Retry-After` can say).
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let retry = match &self {
+            ApiError::RateLimited { retry_after, .. } => Some(retry_secs(*retry_after)),
+            ApiError::TooMany(_) => Some(1),
+            _ => None,
+        };
+        let mut response = (
             self.status_code(),
             Json(json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -61,7 +86,8 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
 /// Error bodies that layers and axum's own rejections write in plain text (body limit,
 /// timeout, unknown method), rewritten to the `{"error": …}` shape every handler uses, so
 /// a client parses one shape. Answers that say nothing about caching are not cached:
-/// everything but the static files changes from one request to the next.
+/// everything but the static files changes from one request to the next. And the headers
+/// every answer carries.
 pub async fn uniform(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -90,9 +116,20 @@ pub async fn uniform(request: Request, next: Next) -> Response {
     } else {
         response
     };
-    response
-        .headers_mut()
+    let headers = response.headers_mut();
+    headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+    // No other site may frame the page (its buttons post), and no answer is sniffed into
+    // another type than it says.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    );
     response
 }

@@ -8,13 +8,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::Stream;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
 use super::ApiError;
+use super::limits::Limits;
 use crate::app::Node;
 use crate::broadcast::{MAX_TEXT, Message};
 use crate::config::Secret;
@@ -154,16 +155,58 @@ pub struct TextBody {
     text: String,
 }
 
-/// `POST /api/broadcast`: `{"text": …}` as JSON, or a form field `text`.
+/// Whether a form post comes from a page of this same site. Browsers send `Origin` with
+/// every POST (and `Sec-Fetch-Site`); a form on another site must not post here.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if header("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
+        return false;
+    }
+    match (header("origin"), header("host")) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+    }
+}
+
+/// `POST /api/broadcast`: `{"text": …}` as JSON, or a form field `text` from this site's
+/// own page. JSON cannot be posted across sites without a CORS preflight, which nothing
+/// here answers; forms can, so they must come from the same origin.
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
+    Extension(limits): Extension<Arc<Limits>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let form = headers
+    let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        .unwrap_or_default();
+    let form = content_type.starts_with("application/x-www-form-urlencoded");
+    if !form && !content_type.starts_with("application/json") {
+        return Err(ApiError::UnsupportedType(
+            "send JSON {\"text\": …} (application/json) or a form field text".into(),
+        ));
+    }
+    if form && !same_origin(&headers) {
+        return Err(ApiError::Forbidden(
+            "a form post from another site is refused".into(),
+        ));
+    }
+    limits
+        .broadcast
+        .check(&limits.client(client, &headers))
+        .map_err(|retry_after| ApiError::RateLimited {
+            what: "broadcast",
+            retry_after,
+        })?;
     let parsed: TextBody = if form {
         serde_urlencoded::from_bytes(&body)
             .map_err(|e| ApiError::BadRequest(format!("form: {e}")))?
@@ -212,6 +255,7 @@ async fn fan_out(node: &Node, message: &Message) -> Vec<String> {
 /// `POST /api/deliver`: a message from a member, for this replica's clients.
 pub async fn deliver(
     State(node): State<Arc<Node>>,
+    Extension(limits): Extension<Arc<Limits>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     body: Result<Json<Message>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -227,6 +271,13 @@ pub async fn deliver(
     if !message.plausible() {
         return Err(ApiError::BadRequest("not a plausible message".into()));
     }
+    limits
+        .deliver
+        .check(&message.origin)
+        .map_err(|retry_after| ApiError::RateLimited {
+            what: "deliver",
+            retry_after,
+        })?;
     let fresh = node.broadcaster.deliver(message);
     Ok(Json(
         json!({ "delivered_by": node.me.id(), "duplicate": !fresh }),

@@ -5,6 +5,7 @@ mod assets;
 mod error;
 mod events;
 mod health;
+mod limits;
 mod page;
 mod peer;
 pub mod status;
@@ -67,6 +68,10 @@ pub fn router(node: Arc<Node>) -> Router {
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer((
             Extension(Arc::new(peer::PeerGate::default())),
+            Extension(Arc::new(limits::Limits::new(
+                node.settings.broadcast_rate,
+                node.settings.trusted_proxies.clone().unwrap_or_default(),
+            ))),
             axum::middleware::from_fn_with_state(node.clone(), count_request),
             // Failures are logged by `count_request`, which knows which are planned.
             TraceLayer::new_for_http().on_failure(()),

@@ -2,10 +2,10 @@
 //! every alive member (or the one named) itself, past the load balancer.
 //!
 //! A public endpoint that makes outbound calls must not amplify traffic: one fan-out at a
-//! time per replica, its result reused for a second, and a rate limit per client address.
+//! time per replica, its result reused for a second, and rate limits per client and in all.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,12 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use super::limits::Limits;
 use crate::app::Node;
 use crate::identity::Identity;
 use crate::membership::{Member, State as MemberState};
 use crate::verify::clip;
+use axum::http::HeaderMap;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,41 +54,15 @@ pub struct CallResult {
 
 /// How long a fan-out's result answers later requests.
 const REUSE_FOR: Duration = Duration::from_secs(1);
-/// Requests per client address per window.
-const PER_CLIENT: u32 = 30;
-const WINDOW: Duration = Duration::from_secs(10);
-/// Client addresses remembered at most; past that the oldest windows are dropped.
-const MAX_CLIENTS: usize = 4096;
 
-/// The limits on `/peer`, shared by all its requests.
+/// One fan-out at a time, its result reused; rate limits are in [`Limits`].
 #[derive(Default)]
 pub struct PeerGate {
     flight: tokio::sync::Mutex<()>,
     recent: Mutex<HashMap<Option<String>, (Instant, PeerCalls)>>,
-    clients: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 impl PeerGate {
-    /// Counts a request from `ip`; false when it is over its limit.
-    fn admit(&self, ip: IpAddr, now: Instant) -> bool {
-        let Ok(mut clients) = self.clients.lock() else {
-            return false;
-        };
-        if clients.len() >= MAX_CLIENTS {
-            clients.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-            if clients.len() >= MAX_CLIENTS {
-                clients.clear();
-            }
-        }
-        let (start, count) = clients.entry(ip).or_insert((now, 0));
-        if now.duration_since(*start) >= WINDOW {
-            *start = now;
-            *count = 0;
-        }
-        *count += 1;
-        *count <= PER_CLIENT
-    }
-
     fn reuse(&self, to: &Option<String>, now: Instant) -> Option<PeerCalls> {
         let recent = self.recent.lock().ok()?;
         recent
@@ -107,16 +83,19 @@ impl PeerGate {
 pub async fn call_peers(
     State(node): State<Arc<Node>>,
     Extension(gate): Extension<Arc<PeerGate>>,
+    Extension(limits): Extension<Arc<Limits>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     query: Result<Query<PeerQuery>, QueryRejection>,
 ) -> Result<Json<PeerCalls>, ApiError> {
     let Query(query) = query?;
-    if !gate.admit(client.ip().to_canonical(), Instant::now()) {
-        return Err(ApiError::TooMany(format!(
-            "at most {PER_CLIENT} /peer calls per {} s from one address",
-            WINDOW.as_secs()
-        )));
-    }
+    limits
+        .peer
+        .check(&limits.client(client, &headers))
+        .map_err(|retry_after| ApiError::RateLimited {
+            what: "/peer",
+            retry_after,
+        })?;
     let snapshot = node.membership.snapshot();
     // `to` names a member, never an address: this endpoint must not reach anything else.
     if let Some(id) = &query.to

@@ -1,0 +1,146 @@
+//! Rate limits on what a stranger can make a replica do: broadcast to every viewer, call
+//! every peer, deliver into the message stream. Each has a bucket per client and one for
+//! everyone, so neither one client nor many can take a replica over.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::TrustedProxies;
+
+/// Clients remembered per bucket; past that, idle ones are forgotten first.
+const MAX_CLIENTS: usize = 4096;
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_second).allow_burst(burst)
+}
+
+/// One kind of request's limits: per client key, and in all.
+pub struct Bucket<K: std::hash::Hash + Eq + Clone> {
+    per_client: DefaultKeyedRateLimiter<K>,
+    all: DefaultDirectRateLimiter,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
+    fn new(per_client: Quota, all: Quota) -> Self {
+        Bucket {
+            per_client: RateLimiter::keyed(per_client),
+            all: RateLimiter::direct(all),
+        }
+    }
+
+    /// Counts a request; when it is over a limit, how long until one would pass.
+    pub fn check(&self, client: &K) -> Result<(), Duration> {
+        if self.per_client.len() >= MAX_CLIENTS {
+            self.per_client.retain_recent();
+            self.per_client.shrink_to_fit();
+        }
+        let now = DefaultClock::default().now();
+        self.per_client
+            .check_key(client)
+            .map_err(|not_yet| not_yet.wait_time_from(now))?;
+        self.all
+            .check()
+            .map_err(|not_yet| not_yet.wait_time_from(now))
+    }
+}
+
+pub struct Limits {
+    /// `POST /api/broadcast`: each message goes to every viewer of every replica.
+    pub broadcast: Bucket<IpAddr>,
+    /// `GET /peer`: each call fans out to every member.
+    pub peer: Bucket<IpAddr>,
+    /// `POST /api/deliver`, keyed by the message's origin replica.
+    pub deliver: Bucket<String>,
+    trusted: TrustedProxies,
+}
+
+impl Limits {
+    /// `broadcast_rate`: messages per second per client (`BROADCAST_RATE`).
+    pub fn new(broadcast_rate: u32, trusted: TrustedProxies) -> Limits {
+        let all = broadcast_rate.saturating_mul(10);
+        Limits {
+            broadcast: Bucket::new(
+                quota(broadcast_rate, broadcast_rate.saturating_mul(5)),
+                quota(all, all.saturating_mul(2)),
+            ),
+            peer: Bucket::new(quota(3, 10), quota(20, 40)),
+            deliver: Bucket::new(quota(50, 200), quota(500, 1000)),
+            trusted,
+        }
+    }
+
+    /// The client a request came from: the connecting address, unless that is a trusted
+    /// proxy, whose `X-Forwarded-For` then names it (the nearest address that is not
+    /// itself a trusted proxy).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.ip().to_canonical();
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        forwarded
+            .iter()
+            .rev()
+            .filter_map(|a| a.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
+            .find(|ip| !self.is_trusted(*ip))
+            .unwrap_or(peer)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_connecting_address_unless_a_trusted_proxy_names_one() {
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+        let limits = Limits::new(2, trusted);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4, 10.0.0.7".parse().unwrap());
+        let from_proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            limits.client(from_proxy, &headers),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let direct: SocketAddr = "5.6.7.8:5000".parse().unwrap();
+        assert_eq!(
+            limits.client(direct, &headers),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        let untrusting = Limits::new(2, TrustedProxies::default());
+        assert_eq!(untrusting.client(from_proxy, &headers), from_proxy.ip());
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_bucket_says_how_long_to_wait() {
+        let bucket: Bucket<IpAddr> = Bucket::new(quota(1, 3), quota(100, 100));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(bucket.check(&a).is_ok());
+        }
+        let wait = bucket.check(&a).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(bucket.check(&b).is_ok(), "per client");
+    }
+}
