@@ -1,7 +1,7 @@
 //! One replica: binds its listener, starts its background tasks, serves until told to stop.
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
     /// Readiness, and when users last sent a request (for the drain on shutdown).
     pub drain: Drain,
+    /// Open connections, bounded in all and per client address.
+    pub connections: crate::web::serve::Slots,
 }
 
 impl Node {
@@ -72,8 +74,6 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("serving stopped: {0}")]
-    Serve(std::io::Error),
 }
 
 pub struct Application {
@@ -158,6 +158,7 @@ impl Application {
             relay_subscribers: Mutex::default(),
             shutdown: watch::channel(false).0,
             drain: Drain::default(),
+            connections: crate::web::serve::Slots::connections(),
         });
         Ok(Application {
             node,
@@ -223,12 +224,7 @@ impl Application {
             let _ = closing.send(());
         };
         let app = crate::web::router(node.clone());
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(graceful)
-        .into_future();
+        let served = crate::web::serve::serve(listener, app, node.connections.clone(), graceful);
         // Whatever a connection does, the process ends a fixed time after closing began.
         let deadline = async {
             match closed.await {
@@ -237,7 +233,7 @@ impl Application {
             }
         };
         let result = tokio::select! {
-            served = served => served.map_err(AppError::Serve),
+            () = served => Ok(()),
             () = deadline => {
                 tracing::warn!(
                     deadline_secs = drain::CLOSE_DEADLINE.as_secs(),

@@ -329,10 +329,14 @@ async fn peer_cannot_be_used_to_amplify_or_to_reach_non_members() {
     let outbound = calls.load(Ordering::SeqCst) - before;
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
+    // 1,000 connections at once from one address: past the per-address connection cap
+    // they are closed at accept (status 0 here), before any work is done.
+    let refused = statuses.iter().filter(|s| **s == 0).count();
     println!(
-        "1000 concurrent /peer in {took:?}: {ok} answered, {limited} rate-limited, {outbound} calls reached the member (probes included)"
+        "1000 concurrent /peer in {took:?}: {ok} answered, {limited} rate-limited, {refused} refused at accept, {outbound} calls reached the member (probes included)"
     );
-    assert_eq!(ok + limited, 1000, "{statuses:?}");
+    assert_eq!(ok + limited + refused, 1000, "{statuses:?}");
+    assert!(ok + limited >= 200, "{statuses:?}");
     // At most one fan-out per second of burst, plus the prober's own calls (one a second).
     let bound = 2 * (took.as_secs() as usize + 2);
     assert!(

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -23,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::ApiError;
 use super::limits::Limits;
+use super::serve::{Full, Slot, Slots};
 use crate::app::Node;
 use crate::broadcast::{MAX_TEXT, Message};
 use crate::config::Secret;
@@ -38,6 +40,33 @@ struct Feed {
     states: HashMap<String, MemberState>,
     /// A relay subscriber's stream: counted while it lives, every message signed.
     relay: Option<(Subscriber, Secret)>,
+    /// The stream's place under the bounds on streams, and when it ends regardless.
+    _slot: Slot,
+    ends: tokio::time::Instant,
+}
+
+/// Event streams open at once, in all and per client: each holds a connection and a
+/// little memory for as long as it lives.
+pub const MAX_STREAMS: usize = 1024;
+pub const MAX_STREAMS_PER_CLIENT: usize = 64;
+/// A stream ends after this; browsers reconnect by themselves (with `Last-Event-ID`).
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+
+pub fn stream_slots() -> Slots {
+    Slots::new(MAX_STREAMS, MAX_STREAMS_PER_CLIENT, 0)
+}
+
+/// A place for one more stream from `client`, or a 429 / 503 that says which bound.
+fn stream_slot(slots: &Slots, client: std::net::IpAddr) -> Result<Slot, ApiError> {
+    slots.take(client).map_err(|full| match full {
+        Full::ThisClient => ApiError::RateLimited {
+            what: "event streams",
+            retry_after: Duration::from_secs(5),
+        },
+        Full::Everyone => {
+            ApiError::Unavailable(format!("{MAX_STREAMS} event streams are open; try later"))
+        }
+    })
 }
 
 fn message_event(m: &Message) -> Event {
@@ -122,12 +151,13 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
                     feed.member_events();
                 },
                 _ = feed.shutdown.changed() => return None,
+                () = tokio::time::sleep_until(feed.ends) => return None,
             }
         }
     })
 }
 
-fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>) -> Feed {
+fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>, slot: Slot) -> Feed {
     let messages = node.broadcaster.subscribe();
     let mut feed = Feed {
         messages,
@@ -136,6 +166,8 @@ fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>) -> Feed
         pending: VecDeque::new(),
         states: HashMap::new(),
         relay,
+        _slot: slot,
+        ends: tokio::time::Instant::now() + STREAM_LIFETIME,
     };
     if members {
         feed.pending
@@ -146,8 +178,15 @@ fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>) -> Feed
 }
 
 /// `GET /events`: recent messages, then live ones and membership changes.
-pub async fn events(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    Sse::new(stream(feed(&node, true, None))).keep_alive(KeepAlive::default())
+pub async fn events(
+    State(node): State<Arc<Node>>,
+    Extension(slots): Extension<Slots>,
+    Extension(limits): Extension<Arc<Limits>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let slot = stream_slot(&slots, limits.client(client, &headers))?;
+    Ok(Sse::new(stream(feed(&node, true, None, slot))).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +365,8 @@ pub struct RelayQuery {
 /// The `x-rollcall-hub` header says which replica it landed on.
 pub async fn relay(
     State(node): State<Arc<Node>>,
+    Extension(slots): Extension<Slots>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     query: Result<Query<RelayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let secret = node.settings.proof_secret().cloned();
@@ -339,8 +380,9 @@ pub async fn relay(
     let Some(secret) = secret else {
         return Err(ApiError::Forbidden(AuthError::NoSecret.to_string()));
     };
+    let slot = stream_slot(&slots, client.ip())?;
     let subscriber = Subscriber::new(node.clone(), query.from);
-    let sse = Sse::new(stream(feed(&node, false, Some((subscriber, secret)))))
+    let sse = Sse::new(stream(feed(&node, false, Some((subscriber, secret)), slot)))
         .keep_alive(KeepAlive::default());
     let mut response = sse.into_response();
     if let Ok(hub) = HeaderValue::from_str(node.me.id()) {

@@ -8,6 +8,7 @@ mod health;
 mod limits;
 mod page;
 mod peer;
+pub mod serve;
 pub mod status;
 
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub fn router(node: Arc<Node>) -> Router {
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer((
             Extension(Arc::new(peer::PeerGate::default())),
+            Extension(events::stream_slots()),
             Extension(Arc::new(limits::Limits::new(
                 node.settings.broadcast_rate,
                 node.settings.trusted_proxies.clone().unwrap_or_default(),
