@@ -161,7 +161,6 @@ impl PeerClient {
         send_bounded(request).await
     }
 
-    /// Posts JSON to a URL (the public address, through the load balancer), with a cookie.
     /// `POST`s a JSON body to a URL (the public address), with a cookie and headers; the
     /// answer's body, bounded.
     pub async fn post_json(

@@ -8,7 +8,11 @@ use futures_util::future::join_all;
 
 use crate::app::Node;
 use crate::discovery::Candidate;
-use crate::membership::Member;
+use crate::membership::{Member, State};
+
+/// A member must have been alive this long before a new instance at its address is taken
+/// at once as its restart.
+const RESTART_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(node.probe_interval());
@@ -62,10 +66,16 @@ async fn probe(node: &Node, member: &Member) {
             if reply.identity.service == member.identity.service
                 && reply.identity.addr == member.identity.addr =>
         {
-            // The replica restarted in place: a new member, and the old one is gone.
+            // The replica restarted in place: a new member, and the old one is gone. An
+            // address whose instance changes again within moments is not restarting, it
+            // is minting identities: the new one waits for discovery to find it again.
             node.membership.replaced(id, &reply.identity.instance_id);
             let method = member.sources.iter().next().copied();
-            if let Some(method) = method {
+            // Once per member: a dead one keeps being probed, and its address keeps
+            // answering as whoever holds it now.
+            let settled = member.replaced_by.is_none()
+                && (member.state == State::Dead || member.state_since.elapsed() >= RESTART_AFTER);
+            if let Some(method) = method.filter(|_| settled) {
                 let _ = node
                     .candidates
                     .try_send(Candidate::new(member.identity.addr, method));

@@ -18,8 +18,8 @@ use tokio::sync::{Semaphore, mpsc};
 use super::{Candidate, Method};
 use crate::app::Node;
 
-/// Announcements waiting in all.
-const QUEUE: usize = 64;
+/// Announcements waiting in all: room for a few hundred callers at [`PER_IP`] each.
+const QUEUE: usize = 512;
 /// Verifications of announcements in flight at once (each one short call).
 const CONCURRENCY: usize = 8;
 /// Announcements waiting or in flight per caller IP: a replica needs one.

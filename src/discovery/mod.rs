@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::app::Node;
+use crate::client::CallError;
 use crate::membership::{Admission, Snapshot, State};
 use crate::verify::{Verdict, verify};
 
@@ -294,14 +295,30 @@ async fn sample_alias(node: &Node, addr: SocketAddr) {
 }
 
 /// Tells a newly admitted member about us, so it need not wait for its own discovery.
+/// A busy member (its announcement queue full, say under a flood of fake hellos) is asked
+/// again a few times, a little later each time.
 fn announce(node: Arc<Node>, addr: SocketAddr) {
     tokio::spawn(async move {
-        if let Err(e) = node
-            .client
-            .tell(addr, "/api/hello", &node.me.identity())
-            .await
-        {
-            tracing::debug!(%addr, error = %e, "hello not accepted");
+        let mut pause = Duration::from_millis(250);
+        for _ in 0..HELLO_TRIES {
+            match node
+                .client
+                .tell(addr, "/api/hello", &node.me.identity())
+                .await
+            {
+                Err(CallError::Status(429 | 503)) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "hello not accepted");
+                    return;
+                }
+                Ok(_) => return,
+            }
         }
     });
 }
+
+/// Hellos sent to a busy member before leaving it to its own discovery.
+const HELLO_TRIES: usize = 5;

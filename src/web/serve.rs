@@ -212,7 +212,10 @@ mod tests {
             i += 1;
         }
         let last = IpAddr::from((i - 1).to_be_bytes());
-        assert!(c.take(last).is_err(), "a busy address gets no reserved slot");
+        assert!(
+            c.take(last).is_err(),
+            "a busy address gets no reserved slot"
+        );
         let checker: IpAddr = "192.0.2.1".parse().unwrap();
         let kept: Vec<Slot> = (0..FEW).map_while(|_| c.take(checker).ok()).collect();
         assert_eq!(kept.len(), FEW, "one holding a few does");
