@@ -27,8 +27,13 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 pub const RESERVE: usize = 256;
 /// Holding fewer than this many, an address may use the reserve.
 pub const FEW: usize = 4;
-/// A request's headers must arrive within this: a client that drips them is cut off.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request's headers must arrive within this, counted from when the connection starts
+/// waiting for them: a client that drips them is cut off, and so is a kept-alive
+/// connection idle this long. Longer than load balancers keep idle connections to a
+/// backend (60 s on AWS's ALB, for one), so none of them ever sends a request down a
+/// connection this side has just closed; dripping clients meanwhile are bounded by the
+/// per-address connection cap.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Who holds how many of something bounded (connections, event streams): at most `max`
 /// in all and `per_ip` per client address, the last `reserve` kept for addresses that
