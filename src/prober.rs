@@ -13,15 +13,25 @@ use crate::membership::{Member, State};
 /// A member must have been alive this long before a new instance at its address is taken
 /// at once as its restart.
 const RESTART_AFTER: Duration = Duration::from_secs(10);
+/// Dead members are probed every this many rounds.
+const DEAD_PROBE_EVERY: u64 = 5;
 
 pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(node.probe_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
     loop {
         ticker.tick().await;
+        round += 1;
         let snapshot = node.membership.snapshot();
-        // Left members too: one that still answers and is not leaving comes back.
-        let probes = snapshot.members.iter().map(|m| probe(&node, m));
+        // Left members too: one that still answers and is not leaving comes back. Dead
+        // ones only now and then: they rarely answer again, and a table full of them
+        // must not cost a probe each every round.
+        let probes = snapshot
+            .members
+            .iter()
+            .filter(|m| m.state != State::Dead || round.is_multiple_of(DEAD_PROBE_EVERY))
+            .map(|m| probe(&node, m));
         join_all(probes).await;
     }
 }

@@ -109,18 +109,6 @@ async fn hostile(addr: SocketAddr, how: Hostile) -> tokio::task::JoinHandle<()> 
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn hostile_neighbours_end_up_foreign_in_bounded_time_and_memory() {
     let port = free_port();

@@ -241,11 +241,7 @@ pub async fn broadcast(
     }
     limits
         .broadcast
-        .check(&limits.client(client, &headers))
-        .map_err(|retry_after| ApiError::RateLimited {
-            what: "broadcast",
-            retry_after,
-        })?;
+        .admit(&limits.client(client, &headers), "broadcast")?;
     let parsed: TextBody = if form {
         serde_urlencoded::from_bytes(&body)
             .map_err(|e| ApiError::BadRequest(format!("form: {e}")))?
@@ -310,13 +306,7 @@ pub async fn deliver(
     if !message.plausible() {
         return Err(ApiError::BadRequest("not a plausible message".into()));
     }
-    limits
-        .deliver
-        .check(&message.origin)
-        .map_err(|retry_after| ApiError::RateLimited {
-            what: "deliver",
-            retry_after,
-        })?;
+    limits.deliver.admit(&message.origin, "deliver")?;
     let fresh = node.broadcaster.deliver(message);
     Ok(Json(
         json!({ "delivered_by": node.me.id(), "duplicate": !fresh }),

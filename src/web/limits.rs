@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::ApiError;
 use crate::config::TrustedProxies;
 
 /// Clients remembered per bucket; past that, idle ones are forgotten first.
@@ -35,6 +36,12 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
         }
     }
 
+    /// Counts a request for `what`; over a limit, a 429 that says when to retry.
+    pub fn admit(&self, client: &K, what: &'static str) -> Result<(), ApiError> {
+        self.check(client)
+            .map_err(|retry_after| ApiError::RateLimited { what, retry_after })
+    }
+
     /// Counts a request; when it is over a limit, how long until one would pass.
     pub fn check(&self, client: &K) -> Result<(), Duration> {
         if self.per_client.len() >= MAX_CLIENTS {
@@ -48,6 +55,18 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
         self.all
             .check()
             .map_err(|not_yet| not_yet.wait_time_from(now))
+    }
+}
+
+/// One client, as limits count them: an IPv4 address, or an IPv6 /64 (one host can hold a
+/// whole /64, and would otherwise be countless clients).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -80,6 +99,10 @@ impl Limits {
     /// proxy, whose `X-Forwarded-For` then names it (the nearest address that is not
     /// itself a trusted proxy).
     pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        client_key(self.forwarded_client(peer, headers))
+    }
+
+    fn forwarded_client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.ip().to_canonical();
         if !self.is_trusted(peer) {
             return peer;
@@ -126,6 +149,13 @@ mod tests {
         );
         let untrusting = Limits::new(2, TrustedProxies::default());
         assert_eq!(untrusting.client(from_proxy, &headers), from_proxy.ip());
+        let v6: SocketAddr = "[2001:db8:1:2:aaaa::1]:5000".parse().unwrap();
+        let same_host: SocketAddr = "[2001:db8:1:2:bbbb::9]:5000".parse().unwrap();
+        assert_eq!(
+            untrusting.client(v6, &headers),
+            untrusting.client(same_host, &headers),
+            "one /64 is one client"
+        );
     }
 
     #[test]

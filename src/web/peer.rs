@@ -91,11 +91,7 @@ pub async fn call_peers(
     let Query(query) = query?;
     limits
         .peer
-        .check(&limits.client(client, &headers))
-        .map_err(|retry_after| ApiError::RateLimited {
-            what: "/peer",
-            retry_after,
-        })?;
+        .admit(&limits.client(client, &headers), "/peer")?;
     let snapshot = node.membership.snapshot();
     // `to` names a member, never an address: this endpoint must not reach anything else.
     if let Some(id) = &query.to

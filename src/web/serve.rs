@@ -82,7 +82,7 @@ impl Slots {
 
     /// A slot for `ip`, or which bound it hit.
     pub fn take(&self, ip: IpAddr) -> Result<Slot, Full> {
-        let ip = ip.to_canonical();
+        let ip = super::limits::client_key(ip);
         let mut count = self.count.lock().map_err(|_| Full::Everyone)?;
         let mine = count.per_ip.get(&ip).copied().unwrap_or(0);
         if mine >= self.per_ip {
@@ -204,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn the_reserve_is_for_addresses_with_no_connection_yet() {
+    fn the_reserve_is_for_addresses_holding_only_a_few() {
         let c = Slots::connections();
         let mut held = Vec::new();
         let mut i = 0u32;
