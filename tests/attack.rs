@@ -52,6 +52,16 @@ async fn serve(addr: SocketAddr, router: axum::Router) -> tokio::task::JoinHandl
     })
 }
 
+/// The status a POST of `body` as JSON got (0 when nothing answered).
+async fn post_status(http: &reqwest::Client, url: String, body: &Value) -> u16 {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 async fn status_of(replica: &Replica) -> Result<Value, String> {
     get_json(&replica.url("/api/status"))
         .await
@@ -151,13 +161,7 @@ async fn relayed_proof_is_refused() {
     let http = client_from(ip(103), Duration::from_secs(3));
     let mut claim = identity_of(&r2).await;
     claim["addr"] = attacker.to_string().into();
-    let hello = http
-        .post(r1.url("/api/hello"))
-        .json(&claim)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
+    let hello = post_status(&http, r1.url("/api/hello"), &claim).await;
 
     // For 3 s: nobody at the attacker's address, and r2 alive where it really lives.
     let mut impostor = None;
@@ -187,13 +191,7 @@ async fn relayed_proof_is_refused() {
     real["addr"] = r2_addr.clone().into();
     let mut goodbyes = Vec::new();
     for body in [&claim, &real] {
-        let status = http
-            .post(r1.url("/api/goodbye"))
-            .json(body)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
+        let status = post_status(&http, r1.url("/api/goodbye"), body).await;
         goodbyes.push(status);
     }
     // r2 stays alive at its address for the next second.
@@ -255,13 +253,7 @@ async fn forged_goodbye_is_refused() {
     // b's identity claiming the sender's address.
     let mut moved = real.clone();
     moved["addr"] = SocketAddr::from((ip(106), port)).to_string().into();
-    let status_moved = http
-        .post(a.url("/api/goodbye"))
-        .json(&moved)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
+    let status_moved = post_status(&http, a.url("/api/goodbye"), &moved).await;
     let state = member_state(&a, &b_id).await;
     println!(
         "forged goodbye: with b's address answered {status_real} ({}), with the sender's \
