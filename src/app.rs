@@ -141,6 +141,9 @@ impl Application {
             );
         }
         let me_id = me.id().to_string();
+        let connections = crate::web::serve::Slots::connections(
+            &settings.trusted_proxies.clone().unwrap_or_default(),
+        );
         let node = Arc::new(Node {
             settings,
             me,
@@ -158,7 +161,7 @@ impl Application {
             relay_subscribers: Mutex::default(),
             shutdown: watch::channel(false).0,
             drain: Drain::default(),
-            connections: crate::web::serve::Slots::connections(),
+            connections,
         });
         Ok(Application {
             node,

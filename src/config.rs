@@ -373,7 +373,11 @@ impl Secret {
 
     /// Every secret a peer's proof may use.
     pub fn accepted(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.iter().map(|s| s.as_bytes())
+        // The placeholder is public: a proof made with it proves nothing, in any position.
+        self.0
+            .iter()
+            .filter(|s| *s != PLACEHOLDER_SECRET)
+            .map(|s| s.as_bytes())
     }
 
     pub fn is_placeholder(&self) -> bool {

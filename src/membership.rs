@@ -298,12 +298,14 @@ impl Table {
 
     fn replaced(&mut self, instance_id: &str, by: &str, now: Instant) {
         if let Some(member) = self.members.get_mut(instance_id)
-            && member.state != State::Left
             && member.conflict_with.as_deref() != Some(by)
         {
             member.replaced_by = Some(by.to_string());
-            member.last_error = Some(format!("address now answers as instance {by}"));
-            Self::set_state(member, State::Dead, now);
+            // A member that left stays `left`: its successor is news, its state is not.
+            if member.state != State::Left {
+                member.last_error = Some(format!("address now answers as instance {by}"));
+                Self::set_state(member, State::Dead, now);
+            }
         }
     }
 

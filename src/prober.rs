@@ -13,8 +13,8 @@ use crate::membership::{Member, State};
 /// A member must have been alive this long before a new instance at its address is taken
 /// at once as its restart.
 const RESTART_AFTER: Duration = Duration::from_secs(10);
-/// Dead members are probed every this many rounds.
-const DEAD_PROBE_EVERY: u64 = 5;
+/// Dead and left members are probed every this many rounds.
+const GONE_PROBE_EVERY: u64 = 5;
 
 pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(node.probe_interval());
@@ -24,13 +24,16 @@ pub async fn run(node: Arc<Node>) {
         ticker.tick().await;
         round += 1;
         let snapshot = node.membership.snapshot();
-        // Left members too: one that still answers and is not leaving comes back. Dead
-        // ones only now and then: they rarely answer again, and a table full of them
-        // must not cost a probe each every round.
+        // Dead and left members too, now and then: one that answers again (and is not
+        // leaving) comes back, but a table full of them must not cost a probe each every
+        // round.
         let probes = snapshot
             .members
             .iter()
-            .filter(|m| m.state != State::Dead || round.is_multiple_of(DEAD_PROBE_EVERY))
+            .filter(|m| {
+                !matches!(m.state, State::Dead | State::Left)
+                    || round.is_multiple_of(GONE_PROBE_EVERY)
+            })
             .map(|m| probe(&node, m));
         join_all(probes).await;
     }
@@ -84,7 +87,8 @@ async fn probe(node: &Node, member: &Member) {
             // Once per member: a dead one keeps being probed, and its address keeps
             // answering as whoever holds it now.
             let settled = member.replaced_by.is_none()
-                && (member.state == State::Dead || member.state_since.elapsed() >= RESTART_AFTER);
+                && (matches!(member.state, State::Dead | State::Left)
+                    || member.state_since.elapsed() >= RESTART_AFTER);
             if let Some(method) = method.filter(|_| settled) {
                 let _ = node
                     .candidates

@@ -207,3 +207,31 @@ async fn bad_messages_get_a_reason() {
     let page = get_text(&r.url("/"), "text/html").await;
     assert!(page.contains("Messages"));
 }
+
+/// A reconnecting client (`Last-Event-ID`, as EventSource sends it) gets only the messages
+/// it has not seen, and every stream says how soon to reconnect.
+#[tokio::test]
+async fn a_reconnect_replays_only_what_was_missed() {
+    let port = free_port();
+    let r = Replica::start(6, port, &[("SCAN_CIDRS", "off")]);
+    identity_of(&r).await;
+    let first = send(&r, "before the drop").await.expect("accepted");
+    let second = send(&r, "while away").await.expect("accepted");
+    let mut stream = client()
+        .get(r.url("/events"))
+        .header("last-event-id", &first)
+        .send()
+        .await
+        .expect("a stream");
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !text.contains(&second) && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), stream.chunk()).await {
+            Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => break,
+        }
+    }
+    assert!(text.contains("retry: 2000"), "{text}");
+    assert!(text.contains(&format!("id: {second}")), "{text}");
+    assert!(!text.contains(&format!("id: {first}")), "replayed what it had seen: {text}");
+}

@@ -147,6 +147,19 @@ impl Announcements {
     }
 }
 
+/// One announcement being verified; counted as done when dropped.
+struct InFlight {
+    announcements: Announcements,
+    addr: SocketAddr,
+    failed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.announcements.done(self.addr, self.failed);
+    }
+}
+
 /// Verifies announcements until the channel closes.
 pub async fn run(node: Arc<Node>, mut announced: mpsc::Receiver<SocketAddr>) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
@@ -160,9 +173,15 @@ pub async fn run(node: Arc<Node>, mut announced: mpsc::Receiver<SocketAddr>) {
         };
         let node = node.clone();
         tokio::spawn(async move {
-            let admitted =
-                super::verify_and_apply(&node, Candidate::new(addr, Method::Announce)).await;
-            node.announcements.done(addr, !admitted);
+            // Released even if verification panics: a caller's count must never stick.
+            let mut in_flight = InFlight {
+                announcements: node.announcements.clone(),
+                addr,
+                failed: true,
+            };
+            in_flight.failed =
+                !super::verify_and_apply(&node, Candidate::new(addr, Method::Announce)).await;
+            drop(in_flight);
             drop(permit);
         });
     }

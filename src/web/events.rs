@@ -56,6 +56,18 @@ pub fn stream_slots() -> Slots {
     Slots::new(MAX_STREAMS, MAX_STREAMS_PER_CLIENT, 0)
 }
 
+/// Relay subscriptions are signed by replicas, all arriving through the load balancer's
+/// address: a pool of their own, so browsers' streams never crowd them out.
+#[derive(Clone)]
+pub struct RelaySlots(pub Slots);
+
+/// Relay subscriptions open at once (one per replica behind the balancer, plus reconnects).
+pub const MAX_RELAY_STREAMS: usize = 256;
+
+pub fn relay_slots() -> RelaySlots {
+    RelaySlots(Slots::new(MAX_RELAY_STREAMS, MAX_RELAY_STREAMS, 0))
+}
+
 /// A place for one more stream from `client`, or a 429 / 503 that says which bound.
 fn stream_slot(slots: &Slots, client: std::net::IpAddr) -> Result<Slot, ApiError> {
     slots.take(client).map_err(|full| match full {
@@ -157,7 +169,13 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
-fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>, slot: Slot) -> Feed {
+fn feed(
+    node: &Node,
+    members: bool,
+    relay: Option<(Subscriber, Secret)>,
+    slot: Slot,
+    seen: Option<&str>,
+) -> Feed {
     let messages = node.broadcaster.subscribe();
     let mut feed = Feed {
         messages,
@@ -170,11 +188,35 @@ fn feed(node: &Node, members: bool, relay: Option<(Subscriber, Secret)>, slot: S
         ends: tokio::time::Instant::now() + STREAM_LIFETIME,
     };
     if members {
+        // A reconnect (`Last-Event-ID`) gets only what it has not seen: ids are ULIDs, so
+        // they sort by time. The hint says how soon to reconnect after a stream ends.
         feed.pending
-            .extend(node.broadcaster.history().iter().map(message_event));
+            .push_back(Event::default().retry(RECONNECT_AFTER).comment("rollcall"));
+        feed.pending.extend(
+            node.broadcaster
+                .history()
+                .iter()
+                .filter(|m| seen.is_none_or(|last| m.id.as_str() > last))
+                .map(message_event),
+        );
         feed.member_events();
     }
     feed
+}
+
+/// How soon a browser should reconnect when its stream ends (a replica going away, the
+/// stream's lifetime reached).
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+
+/// The id of the last message a reconnecting client saw, when it is one of ours.
+fn last_event_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+        .map(str::to_string)
 }
 
 /// `GET /events`: recent messages, then live ones and membership changes.
@@ -186,7 +228,11 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let slot = stream_slot(&slots, limits.client(client, &headers))?;
-    Ok(Sse::new(stream(feed(&node, true, None, slot))).keep_alive(KeepAlive::default()))
+    let seen = last_event_id(&headers);
+    Ok(
+        Sse::new(stream(feed(&node, true, None, slot, seen.as_deref())))
+            .keep_alive(KeepAlive::default()),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,7 +401,7 @@ pub struct RelayQuery {
 /// The `x-rollcall-hub` header says which replica it landed on.
 pub async fn relay(
     State(node): State<Arc<Node>>,
-    Extension(slots): Extension<Slots>,
+    Extension(RelaySlots(slots)): Extension<RelaySlots>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     query: Result<Query<RelayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -372,8 +418,14 @@ pub async fn relay(
     };
     let slot = stream_slot(&slots, client.ip())?;
     let subscriber = Subscriber::new(node.clone(), query.from);
-    let sse = Sse::new(stream(feed(&node, false, Some((subscriber, secret)), slot)))
-        .keep_alive(KeepAlive::default());
+    let sse = Sse::new(stream(feed(
+        &node,
+        false,
+        Some((subscriber, secret)),
+        slot,
+        None,
+    )))
+    .keep_alive(KeepAlive::default());
     let mut response = sse.into_response();
     if let Ok(hub) = HeaderValue::from_str(node.me.id()) {
         response.headers_mut().insert("x-rollcall-hub", hub);

@@ -58,6 +58,16 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
     }
 }
 
+/// An `X-Forwarded-For` entry: an address, with or without a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:5678`), as proxies write them.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
 /// One client, as limits count them: an IPv4 address, or an IPv6 /64 (one host can hold a
 /// whole /64, and would otherwise be countless clients).
 pub fn client_key(ip: IpAddr) -> IpAddr {
@@ -114,12 +124,20 @@ impl Limits {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .collect::<Vec<_>>();
-        forwarded
-            .iter()
-            .rev()
-            .filter_map(|a| a.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
-            .find(|ip| !self.is_trusted(*ip))
-            .unwrap_or(peer)
+        // From the right: each trusted proxy appended the address it saw. The first entry
+        // that is not a trusted proxy is the client; one that does not parse ends the walk
+        // (anything left of it was written by the client and proves nothing).
+        let mut client = peer;
+        for entry in forwarded.iter().rev() {
+            let Some(ip) = parse_forwarded(entry) else {
+                break;
+            };
+            client = ip;
+            if !self.is_trusted(ip) {
+                break;
+            }
+        }
+        client
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -146,6 +164,19 @@ mod tests {
         assert_eq!(
             limits.client(direct, &headers),
             "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        let mut ported = HeaderMap::new();
+        ported.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4:5678".parse().unwrap());
+        assert_eq!(
+            limits.client(from_proxy, &ported),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let mut garbled = HeaderMap::new();
+        garbled.insert("x-forwarded-for", "6.6.6.6, garbage".parse().unwrap());
+        assert_eq!(
+            limits.client(from_proxy, &garbled),
+            from_proxy.ip(),
+            "nothing left of an unparseable entry is believed"
         );
         let untrusting = Limits::new(2, TrustedProxies::default());
         assert_eq!(untrusting.client(from_proxy, &headers), from_proxy.ip());

@@ -70,6 +70,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer((
             Extension(Arc::new(peer::PeerGate::default())),
             Extension(events::stream_slots()),
+            Extension(events::relay_slots()),
             Extension(Arc::new(limits::Limits::new(
                 node.settings.broadcast_rate,
                 node.settings.trusted_proxies.clone().unwrap_or_default(),
@@ -105,7 +106,14 @@ async fn count_request(State(node): State<Arc<Node>>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if node.drain.is_draining() {
+        // A balancer should not reuse a connection to a replica on its way out.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     let status = response.status();
     node.metrics.request(&route, status.as_u16());
     let planned = route == "/readyz" && status == StatusCode::SERVICE_UNAVAILABLE;

@@ -18,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::config::TrustedProxies;
+
 /// Open connections in all.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Open connections from one address (a load balancer pools far fewer).
@@ -44,6 +46,9 @@ pub struct Slots {
     max: usize,
     per_ip: usize,
     reserve: usize,
+    /// The load balancer (`TRUSTED_PROXIES`): every user arrives from it, so it is held
+    /// to the bound in all only.
+    exempt: Arc<Vec<ipnet::IpNet>>,
 }
 
 #[derive(Default)]
@@ -72,12 +77,16 @@ impl Slots {
             max,
             per_ip,
             reserve,
+            exempt: Arc::default(),
         }
     }
 
-    /// The connection bounds.
-    pub fn connections() -> Slots {
-        Slots::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, RESERVE)
+    /// The connection bounds; `trusted` proxies are bound only in all.
+    pub fn connections(trusted: &TrustedProxies) -> Slots {
+        Slots {
+            exempt: Arc::new(trusted.0.clone()),
+            ..Slots::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, RESERVE)
+        }
     }
 
     /// A slot for `ip`, or which bound it hit.
@@ -85,10 +94,11 @@ impl Slots {
         let ip = super::limits::client_key(ip);
         let mut count = self.count.lock().map_err(|_| Full::Everyone)?;
         let mine = count.per_ip.get(&ip).copied().unwrap_or(0);
-        if mine >= self.per_ip {
+        let exempt = self.exempt.iter().any(|n| n.contains(&ip));
+        if mine >= self.per_ip && !exempt {
             return Err(Full::ThisClient);
         }
-        let room = if mine < FEW {
+        let room = if mine < FEW || exempt {
             self.max
         } else {
             self.max - self.reserve
@@ -181,7 +191,7 @@ mod tests {
 
     #[test]
     fn one_address_cannot_take_every_connection() {
-        let c = Slots::connections();
+        let c = Slots::connections(&TrustedProxies::default());
         let busy: IpAddr = "10.0.0.1".parse().unwrap();
         let slots: Vec<Slot> = (0..MAX_CONNECTIONS_PER_IP)
             .map(|_| c.take(busy).expect("room"))
@@ -205,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_reserve_is_for_addresses_holding_only_a_few() {
-        let c = Slots::connections();
+        let c = Slots::connections(&TrustedProxies::default());
         let mut held = Vec::new();
         let mut i = 0u32;
         // Fill up to the reserve with busy addresses.
@@ -224,5 +234,15 @@ mod tests {
         let checker: IpAddr = "192.0.2.1".parse().unwrap();
         let kept: Vec<Slot> = (0..FEW).map_while(|_| c.take(checker).ok()).collect();
         assert_eq!(kept.len(), FEW, "one holding a few does");
+    }
+
+    #[test]
+    fn the_trusted_load_balancer_is_bound_only_in_all() {
+        let c = Slots::connections(&"10.0.0.1".parse().unwrap());
+        let lb: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map_while(|_| c.take(lb).ok())
+            .collect();
+        assert_eq!(held.len(), MAX_CONNECTIONS);
     }
 }
