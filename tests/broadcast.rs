@@ -233,5 +233,8 @@ async fn a_reconnect_replays_only_what_was_missed() {
     }
     assert!(text.contains("retry: 2000"), "{text}");
     assert!(text.contains(&format!("id: {second}")), "{text}");
-    assert!(!text.contains(&format!("id: {first}")), "replayed what it had seen: {text}");
+    assert!(
+        !text.contains(&format!("id: {first}")),
+        "replayed what it had seen: {text}"
+    );
 }
