@@ -52,6 +52,35 @@ async fn serve(addr: SocketAddr, router: axum::Router) -> tokio::task::JoinHandl
     })
 }
 
+/// A replica on 127.0.0.`last` that answers. Right after the heavy tests the machine is
+/// busy and ports churn: one that exits at start (its port taken meanwhile) or does not
+/// answer within 10 s is started again on a fresh port, and the test says so.
+async fn ready_replica(last: u8, extra: &[(&str, &str)]) -> (Replica, u16) {
+    for attempt in 1..=3 {
+        let port = free_port();
+        let mut r = Replica::start(last, port, extra);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                println!(
+                    "attempt {attempt}: the replica on {} exited at start ({status})",
+                    r.addr
+                );
+                break;
+            }
+            if get_json(&r.url("/api/identity")).await.is_some() {
+                return (r, port);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "attempt {attempt}: the replica on {} did not answer; again",
+            r.addr
+        );
+    }
+    panic!("no replica on 127.0.0.{last} answered after 3 starts");
+}
+
 /// The status a POST of `body` as JSON got (0 when nothing answered).
 async fn post_status(http: &reqwest::Client, url: String, body: &Value) -> u16 {
     http.post(url)
@@ -355,9 +384,7 @@ async fn shifting_replica(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
 async fn fake_hellos_are_bounded() {
     let _heavy = HEAVY.lock().await;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let port = free_port();
-    let r = Replica::start(110, port, &[("SCAN_CIDRS", "off")]);
-    identity_of(&r).await;
+    let (r, port) = ready_replica(110, &[("SCAN_CIDRS", "off")]).await;
     let mut servers = Vec::new();
     let mut ports: Vec<Vec<u16>> = Vec::new();
     for last in 120..=169u8 {

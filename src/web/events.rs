@@ -352,7 +352,7 @@ pub async fn deliver(
     if !message.plausible() {
         return Err(ApiError::BadRequest("not a plausible message".into()));
     }
-    limits.deliver.admit(&message.origin, "deliver")?;
+    limits.deliver.admit(&caller, "deliver")?;
     let fresh = node.broadcaster.deliver(message);
     Ok(Json(
         json!({ "delivered_by": node.me.id(), "duplicate": !fresh }),

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -26,6 +27,9 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 pub struct Bucket<K: std::hash::Hash + Eq + Clone> {
     per_client: DefaultKeyedRateLimiter<K>,
     all: DefaultDirectRateLimiter,
+    started: std::time::Instant,
+    /// Seconds after `started` of the last sweep of idle clients.
+    last_sweep: AtomicU64,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
@@ -33,6 +37,8 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
         Bucket {
             per_client: RateLimiter::keyed(per_client),
             all: RateLimiter::direct(all),
+            started: std::time::Instant::now(),
+            last_sweep: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -44,17 +50,25 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
 
     /// Counts a request; when it is over a limit, how long until one would pass.
     pub fn check(&self, client: &K) -> Result<(), Duration> {
-        if self.per_client.len() >= MAX_CLIENTS {
+        let now = DefaultClock::default().now();
+        // Everyone's bucket first: a flood past it never adds clients to remember.
+        self.all
+            .check()
+            .map_err(|not_yet| not_yet.wait_time_from(now))?;
+        if self.per_client.len() >= MAX_CLIENTS && self.may_sweep() {
             self.per_client.retain_recent();
             self.per_client.shrink_to_fit();
         }
-        let now = DefaultClock::default().now();
         self.per_client
             .check_key(client)
-            .map_err(|not_yet| not_yet.wait_time_from(now))?;
-        self.all
-            .check()
             .map_err(|not_yet| not_yet.wait_time_from(now))
+    }
+
+    /// At most one sweep of the clients a second: with thousands of recent ones, sweeping
+    /// on every request would cost more than the limit saves.
+    fn may_sweep(&self) -> bool {
+        let now = self.started.elapsed().as_secs();
+        self.last_sweep.swap(now, Ordering::Relaxed) != now
     }
 }
 
@@ -85,8 +99,8 @@ pub struct Limits {
     pub broadcast: Bucket<IpAddr>,
     /// `GET /peer`: each call fans out to every member.
     pub peer: Bucket<IpAddr>,
-    /// `POST /api/deliver`, keyed by the message's origin replica.
-    pub deliver: Bucket<String>,
+    /// `POST /api/deliver`, keyed by the member that sends it.
+    pub deliver: Bucket<IpAddr>,
     trusted: TrustedProxies,
 }
 
