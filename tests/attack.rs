@@ -506,20 +506,18 @@ async fn fake_hellos_are_bounded() {
     );
     // Under the flood, on two cores, a probe of the real newcomer may time out; what must
     // never happen is losing it: it is alive again soon after.
+    // (Dead members are probed every fifth round, and both replicas are still digesting
+    // a thousand fakes, so allow it well over the usual wait.)
     if newcomer != Some(Value::from("alive")) {
         let again = Instant::now();
-        eventually(
-            "the real newcomer to be alive again after the flood",
-            || async {
-                let alive = alive_addrs(&r).await?;
-                if alive.contains(&n.addr.to_string()) {
-                    Ok(())
-                } else {
-                    Err(format!("{newcomer:?}"))
-                }
-            },
-        )
-        .await;
+        let mut back = false;
+        while again.elapsed() < Duration::from_secs(45) && !back {
+            back = alive_addrs(&r)
+                .await
+                .is_ok_and(|alive| alive.contains(&n.addr.to_string()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(back, "the real newcomer never came back after the flood");
         println!(
             "the real newcomer was alive again {:?} after the flood",
             again.elapsed()
