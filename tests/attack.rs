@@ -364,7 +364,11 @@ async fn forged_relay_messages_are_refused() {
 
 /// Fake replicas at `addr`: every call to `/api/identity` answers as a fresh instance of
 /// service `rollcall` (like a replica that restarted since the last call).
-async fn shifting_replica(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+/// Bound to the kernel's pick of a free port on `ip` (bound at once: a port looked up
+/// first and bound later can be taken in between).
+async fn shifting_replica(ip: IpAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("a free port");
+    let addr = listener.local_addr().expect("its address");
     let router = axum::Router::new().route(
         "/api/identity",
         get(move || async move {
@@ -372,7 +376,10 @@ async fn shifting_replica(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
             Json(fake_identity(&id, "fake", addr))
         }),
     );
-    serve(addr, router).await
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, server)
 }
 
 /// Attack: a flood of hellos from 50 addresses, each claiming a new replica, to fill the
@@ -390,11 +397,8 @@ async fn fake_hellos_are_bounded() {
     for last in 120..=169u8 {
         let mut mine = Vec::new();
         for _ in 0..20 {
-            // The kernel's pick of a free port on that address.
-            let probe = std::net::TcpListener::bind((ip(last), 0)).expect("a free port");
-            let addr = probe.local_addr().unwrap();
-            drop(probe);
-            servers.push(shifting_replica(addr).await);
+            let (addr, server) = shifting_replica(ip(last).into()).await;
+            servers.push(server);
             mine.push(addr.port());
         }
         ports.push(mine);
