@@ -47,8 +47,6 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
     /// Readiness, and when users last sent a request (for the drain on shutdown).
     pub drain: Drain,
-    /// Open connections, bounded in all and per client address.
-    pub connections: crate::web::serve::Slots,
 }
 
 impl Node {
@@ -141,9 +139,6 @@ impl Application {
             );
         }
         let me_id = me.id().to_string();
-        let connections = crate::web::serve::Slots::connections(
-            &settings.trusted_proxies.clone().unwrap_or_default(),
-        );
         let node = Arc::new(Node {
             settings,
             me,
@@ -161,7 +156,6 @@ impl Application {
             relay_subscribers: Mutex::default(),
             shutdown: watch::channel(false).0,
             drain: Drain::default(),
-            connections,
         });
         Ok(Application {
             node,
@@ -227,7 +221,11 @@ impl Application {
             let _ = closing.send(());
         };
         let app = crate::web::router(node.clone());
-        let served = crate::web::serve::serve(listener, app, node.connections.clone(), graceful);
+        // Open connections, bounded in all and per client address.
+        let connections = crate::web::serve::Slots::connections(
+            &node.settings.trusted_proxies.clone().unwrap_or_default(),
+        );
+        let served = crate::web::serve::serve(listener, app, connections, graceful);
         // Whatever a connection does, the process ends a fixed time after closing began.
         let deadline = async {
             match closed.await {
