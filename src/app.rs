@@ -16,12 +16,13 @@ use crate::client::PeerClient;
 use crate::config::Settings;
 use crate::discovery::announce::{Announcements, Scope};
 use crate::discovery::registry::Registry;
-use crate::discovery::{self, Candidate, Method, Report, Reports};
+use crate::discovery::{self, Candidate, Report, Reports};
 use crate::drain::{self, Drain};
 use crate::identity::{Me, process_env};
 use crate::membership::{Membership, State, Timing};
 use crate::prober;
 use crate::relay::Relay;
+use crate::wire::Method;
 
 /// Everything a replica's tasks and handlers share.
 pub struct Node {
@@ -38,7 +39,7 @@ pub struct Node {
     pub relay: Relay,
     pub metrics: crate::metrics::Metrics,
     /// Other members' timelines, as last collected (instance id → events).
-    pub peer_timelines: Mutex<HashMap<String, Vec<crate::membership::TimelineEvent>>>,
+    pub peer_timelines: Mutex<HashMap<String, Vec<crate::wire::TimelineEvent>>>,
     /// The last call through the public address, to compare with direct calls.
     pub via_load_balancer: Mutex<Option<crate::prober::LoadBalancerCall>>,
     /// Replicas connected to this one as their relay hub (instance id → connections).
@@ -55,7 +56,7 @@ impl Node {
     }
 
     /// This replica's identity with its mesh row and view hash, as peers and pages see it.
-    pub fn published_identity(&self) -> crate::identity::Identity {
+    pub fn published_identity(&self) -> crate::wire::Identity {
         let snapshot = self.membership.snapshot();
         let mut identity = self.me.identity();
         identity.mesh = Some(snapshot.mesh_row(std::time::Instant::now()));

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::identity::Identity;
+use crate::wire::Identity;
 
 /// An identity is a few hundred bytes; anything much larger is not one.
 pub const MAX_IDENTITY_BYTES: usize = 64 * 1024;

@@ -199,7 +199,7 @@ where
 
 /// A name peers will check and show: a replica with one they refuse could never join.
 fn display_name(s: &str) -> Result<String, String> {
-    if crate::identity::is_display_text(s) {
+    if crate::wire::is_display_text(s) {
         Ok(s.to_string())
     } else {
         Err("must be at most 253 bytes with no control characters".into())

@@ -1,87 +1,14 @@
 //! Who this replica is: a random incarnation id, names, the address peers should call,
 //! the platform it runs on, and system figures refreshed in the background.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::config::{AutoOr, Settings};
-
-/// A replica's identity as it travels between replicas and to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Identity {
-    pub instance_id: String,
-    pub name: String,
-    pub service: String,
-    pub addr: SocketAddr,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub started_at: String,
-    #[serde(default)]
-    pub platform: String,
-    #[serde(default)]
-    pub system: SystemFigures,
-    /// The answer to a challenge (`/api/identity?nonce=…`) when CLUSTER_SECRET is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<String>,
-    /// This replica's row of the mesh: its own direct probes of every member.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mesh: Option<BTreeMap<String, MeshCell>>,
-    /// A short hash of the member set this replica sees (views agree when hashes match).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view_hash: Option<String>,
-    /// This replica admits only peers that prove CLUSTER_SECRET, so a peer without the
-    /// secret knows it is being refused rather than ignored.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub requires_proof: bool,
-    /// Shutting down: a `left` member whose probes say otherwise was never gone.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub leaving: bool,
-}
-
-/// An instance id as replicas make them: short, ASCII letters, digits, `-` and `_`.
-pub fn is_instance_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// A name or service as a person would read it: no control characters (a newline in a
-/// log line or a page is someone forging a line), at most 253 bytes (a DNS name).
-pub fn is_display_text(s: &str) -> bool {
-    s.len() <= 253 && !s.chars().any(char::is_control)
-}
-
-/// One replica's latest direct probe of another.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MeshCell {
-    pub ok: bool,
-    #[serde(default)]
-    pub rtt_ms: Option<f64>,
-    #[serde(default)]
-    pub last_ok_ms_ago: Option<u64>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SystemFigures {
-    pub cpus: usize,
-    /// This process's CPU use, as a share of the whole machine (0-100).
-    pub cpu_pct: f32,
-    pub mem_total_bytes: u64,
-    pub mem_used_bytes: u64,
-    pub rss_bytes: u64,
-    pub uptime_secs: u64,
-}
+use crate::wire::{Identity, SystemFigures};
 
 /// The platform, as told by the environment variables it sets.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,3 +30,4 @@ pub mod telemetry;
 pub mod timeline;
 pub mod verify;
 pub mod web;
+pub mod wire;

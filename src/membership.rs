@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::discovery::Method;
-use crate::identity::{Identity, MeshCell};
+use crate::wire::{Identity, MeshCell, Method, TimelineEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -439,22 +438,6 @@ pub struct Membership {
 
 /// Events kept for the timeline.
 const TIMELINE: usize = 100;
-
-/// Something that happened to the cluster, as one replica saw it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct TimelineEvent {
-    pub at: String,
-    /// joined, alive, suspect, dead, left, restarted, conflict, forgotten, foreign, alias,
-    /// or a source's error (registry, dns).
-    pub kind: String,
-    pub instance_id: Option<String>,
-    pub name: Option<String>,
-    pub addr: Option<SocketAddr>,
-    pub detail: String,
-    /// The replica that saw it (set when timelines of several replicas are merged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
-}
 
 fn event(
     kind: &str,

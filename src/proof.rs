@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::Secret;
-use crate::identity::Identity;
+use crate::wire::Identity;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::HeaderMap;
 
 use crate::config::Secret;
-use crate::identity::is_instance_id;
 use crate::proof;
+use crate::wire::is_instance_id;
 
 const SUBSCRIBE: &str = "rollcall/relay-subscribe/v1";
 const PUBLISH: &str = "rollcall/relay-publish/v1";

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::join_all;
 
 use crate::app::Node;
-use crate::identity::{is_display_text, is_instance_id};
-use crate::membership::{State, TimelineEvent};
+use crate::membership::State;
+use crate::wire::TimelineEvent;
+use crate::wire::{is_display_text, is_instance_id};
 
 const EVERY: Duration = Duration::from_secs(3);
 /// Events shown in the merged timeline.

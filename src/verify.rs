@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 
 use crate::app::Node;
 use crate::client::{CallError, Reply};
-use crate::identity::{Identity, is_display_text};
 use crate::membership::MAX_MEMBERS;
 use crate::proof;
+use crate::wire::{Identity, is_display_text};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -99,7 +99,7 @@ pub fn judge(
 
 /// Rejects identities no replica would send, so nothing odd reaches the page or the table.
 fn plausible(identity: &Identity) -> Result<(), String> {
-    if !crate::identity::is_instance_id(&identity.instance_id) {
+    if !crate::wire::is_instance_id(&identity.instance_id) {
         return Err("malformed instance_id".into());
     }
     if !is_display_text(&identity.name) || !is_display_text(&identity.service) {

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Candidate, Method};
+use super::Candidate;
 use crate::app::Node;
+use crate::wire::Method;
 
 /// Announcements waiting in all: room for a few hundred callers at [`PER_IP`] each.
 const QUEUE: usize = 512;

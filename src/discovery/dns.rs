@@ -17,10 +17,11 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 
-use super::{Candidate, Evidence, Method, Report, SETTLE, classify};
+use super::{Candidate, Evidence, Report, SETTLE, classify};
 use crate::app::Node;
 use crate::config::{DnsNames, Settings, is_dns_name};
 use crate::identity::{Env, Me};
+use crate::wire::Method;
 
 /// How often names are resolved again.
 pub const INTERVAL: Duration = Duration::from_secs(5);

@@ -15,41 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::app::Node;
 use crate::client::CallError;
 use crate::membership::{Admission, Snapshot, State};
 use crate::verify::{Verdict, verify};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Scan,
-    Registry,
-    Dns,
-    Seed,
-    Announce,
-}
-
-impl Method {
-    /// Whether the method lists replicas by itself (so finding fewer than expected is a
-    /// partial result); announce only hears from replicas that found us first.
-    pub fn enumerates(self) -> bool {
-        self != Method::Announce
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Scan => "scan",
-            Method::Registry => "registry",
-            Method::Dns => "dns",
-            Method::Seed => "seed",
-            Method::Announce => "announce",
-        }
-    }
-}
+use crate::wire::Method;
 
 /// An address some source thinks may be a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,11 +16,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
-use super::{Candidate, Evidence, Method, Report, SETTLE};
+use super::{Candidate, Evidence, Report, SETTLE};
 use crate::app::Node;
 use crate::config::{Database, DatabaseUrl};
-use crate::identity::Identity;
 use crate::membership::State;
+use crate::wire::Identity;
+use crate::wire::Method;
 
 /// The LISTEN/NOTIFY channel; the payload is the service name.
 const CHANNEL: &str = "rollcall_members";

@@ -12,10 +12,11 @@ use futures_util::StreamExt;
 use ipnet::Ipv4Net;
 use tokio::net::TcpStream;
 
-use super::{Candidate, Method, Report};
+use super::{Candidate, Report};
 use crate::app::Node;
 use crate::config::ScanCidrs;
 use crate::identity::Platform;
+use crate::wire::Method;
 
 /// How many /24s of its /16 a platform replica scans: App Platform put three pods on
 /// /24s 0, 6 and 33.

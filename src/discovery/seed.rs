@@ -8,9 +8,10 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use hickory_resolver::TokioResolver;
 
-use super::{Candidate, Evidence, Method, Report, SETTLE, classify, dns};
+use super::{Candidate, Evidence, Report, SETTLE, classify, dns};
 use crate::app::Node;
 use crate::config::SeedPeer;
+use crate::wire::Method;
 
 async fn resolve(
     seed: &SeedPeer,

@@ -14,9 +14,9 @@ use super::ApiError;
 use super::status::Status;
 use crate::app::Node;
 use crate::discovery::announce::{self, Refused};
-use crate::identity::{Identity, is_instance_id};
 use crate::proof;
 use crate::verify::clip;
+use crate::wire::{Identity, is_instance_id};
 
 pub async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
     Json(Status::of(&node))
@@ -144,8 +144,6 @@ pub async fn goodbye(
 }
 
 /// `GET /api/timeline`: this replica's own last events, for the other members to merge.
-pub async fn timeline(
-    State(node): State<Arc<Node>>,
-) -> Json<Vec<crate::membership::TimelineEvent>> {
+pub async fn timeline(State(node): State<Arc<Node>>) -> Json<Vec<crate::wire::TimelineEvent>> {
     Json(node.membership.timeline())
 }

@@ -157,7 +157,7 @@ impl IndexPage {
             format!("split views: {} different member sets", distinct.len())
         }
     }
-    fn seen_by(&self, e: &crate::membership::TimelineEvent) -> String {
+    fn seen_by(&self, e: &crate::wire::TimelineEvent) -> String {
         e.by.as_deref()
             .map_or_else(String::new, |id| self.name_of(id))
     }
@@ -187,7 +187,7 @@ impl IndexPage {
             ),
         }
     }
-    fn event_subject(&self, e: &crate::membership::TimelineEvent) -> String {
+    fn event_subject(&self, e: &crate::wire::TimelineEvent) -> String {
         match (&e.name, &e.addr) {
             (Some(name), Some(addr)) => format!("{name} {addr}"),
             (None, Some(addr)) => addr.to_string(),

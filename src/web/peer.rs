@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::ApiError;
 use super::limits::Limits;
 use crate::app::Node;
-use crate::identity::Identity;
 use crate::membership::{Member, State as MemberState};
 use crate::verify::clip;
+use crate::wire::Identity;
 use axum::http::HeaderMap;
 
 #[derive(Debug, Deserialize)]

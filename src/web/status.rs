@@ -8,11 +8,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::app::Node;
-use crate::discovery::{Evidence, Method, Report};
-use crate::identity::{Identity, MeshCell, SystemFigures};
-use crate::membership::{Member, State, TimelineEvent};
+use crate::discovery::{Evidence, Report};
+use crate::membership::{Member, State};
 use crate::prober::LoadBalancerCall;
 use crate::relay::RelayView;
+use crate::wire::Method;
+use crate::wire::TimelineEvent;
+use crate::wire::{Identity, MeshCell, SystemFigures};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
