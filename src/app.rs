@@ -1,70 +1,43 @@
-//! One replica: binds its listener, starts its background tasks, serves until told to stop.
+//! One replica: builds its parts, wires them together, serves until told to stop. Only
+//! wiring happens here; each part is a small handle owned by the module that does its job.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broadcast::Broadcaster;
 use crate::client::PeerClient;
 use crate::config::Settings;
-use crate::discovery::announce::{Announcements, Scope};
+use crate::discovery::admit::{self, Admit};
+use crate::discovery::announce::{self, Announce};
+use crate::discovery::announcements::{Announcements, Scope};
+use crate::discovery::candidate::{self, Candidate};
+use crate::discovery::dns::{self, Dns};
 use crate::discovery::registry::Registry;
-use crate::discovery::{self, Candidate, Report, Reports};
+use crate::discovery::report::{Report, Reports};
+use crate::discovery::scan::{self, Scan};
+use crate::discovery::seed::Seed;
+use crate::discovery::source::{self, Context};
 use crate::drain::{self, Drain};
 use crate::identity::{Me, process_env};
 use crate::membership::{Membership, State, Timing};
-use crate::prober;
+use crate::metrics::Metrics;
+use crate::prober::{self, Prober, ViaLoadBalancer};
 use crate::relay::Relay;
+use crate::store::Store;
+use crate::timeline::PeerTimelines;
+use crate::verify::Verifier;
+use crate::web::serve::Slots;
+use crate::web::status::membership_mode;
+use crate::web::{self, AppState, Limits, PageSettings, PeerGate};
 use crate::wire::Method;
-
-/// Everything a replica's tasks and handlers share.
-pub struct Node {
-    pub settings: Settings,
-    pub me: Arc<Me>,
-    pub membership: Membership,
-    pub reports: Reports,
-    pub client: PeerClient,
-    pub candidates: mpsc::Sender<Candidate>,
-    /// Hellos and alias follow-ups: claims from the network, in their own bounded queue.
-    pub announcements: Announcements,
-    pub registry: Option<Arc<Registry>>,
-    pub broadcaster: Broadcaster,
-    pub relay: Relay,
-    pub metrics: crate::metrics::Metrics,
-    /// Other members' timelines, as last collected (instance id → events).
-    pub peer_timelines: Mutex<HashMap<String, Vec<crate::wire::TimelineEvent>>>,
-    /// The last call through the public address, to compare with direct calls.
-    pub via_load_balancer: Mutex<Option<crate::prober::LoadBalancerCall>>,
-    /// Replicas connected to this one as their relay hub (instance id → connections).
-    pub relay_subscribers: Mutex<HashMap<String, usize>>,
-    /// Turns true when shutdown begins: long-lived streams end so draining can finish.
-    pub shutdown: watch::Sender<bool>,
-    /// Readiness, and when users last sent a request (for the drain on shutdown).
-    pub drain: Drain,
-}
-
-impl Node {
-    pub fn probe_interval(&self) -> Duration {
-        Duration::from_millis(self.settings.probe_interval_ms)
-    }
-
-    /// This replica's identity with its mesh row and view hash, as peers and pages see it.
-    pub fn published_identity(&self) -> crate::wire::Identity {
-        let snapshot = self.membership.snapshot();
-        let mut identity = self.me.identity();
-        identity.mesh = Some(snapshot.mesh_row(std::time::Instant::now()));
-        identity.view_hash = Some(snapshot.view_hash(self.me.id()));
-        identity.leaving = self.drain.is_draining();
-        identity
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -73,13 +46,23 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot build an HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }
 
+/// A replica, built and bound, not yet running.
 pub struct Application {
-    node: Arc<Node>,
+    settings: Arc<Settings>,
     listener: TcpListener,
+    state: AppState,
+    store: Option<Store>,
     candidates: mpsc::Receiver<Candidate>,
+    candidate_queue: candidate::CandidateQueue,
     announced: mpsc::Receiver<SocketAddr>,
+    announcements: Announcements,
+    hub_http: reqwest::Client,
 }
 
 impl Application {
@@ -102,112 +85,131 @@ impl Application {
                  it is set to a random secret"
             );
         }
+        let settings = Arc::new(settings);
         let me = Arc::new(Me::new(&settings, &process_env));
         let client = PeerClient::new(
             Some(me.addr().ip()),
-            prober::probe_timeout(Duration::from_millis(settings.probe_interval_ms)),
-        );
-        let (tx, rx) = mpsc::channel(discovery::QUEUE);
-        let scan = discovery::scan::plan(&settings.scan_cidrs, me.addr().ip(), &me.platform)
-            .unwrap_or_default();
-        let (announcements, announced) = Announcements::new(Scope::new(&scan, me.addr().ip()));
-        let timing = Timing {
-            dead_after: Duration::from_secs(settings.dead_after_secs),
-            forget_after: Duration::from_secs(settings.forget_after_secs),
-        };
+            prober::probe_timeout(settings.probe_interval),
+        )?;
+        let secret = settings.proof_secret().cloned();
+        let verifier = Verifier::new(client.clone(), me.clone(), secret.clone());
+        let membership = Membership::new(Timing {
+            dead_after: settings.dead_after,
+            forget_after: settings.forget_after,
+        });
+        let (candidate_queue, candidates) = mpsc::channel(candidate::QUEUE);
+        let scan_ranges =
+            scan::plan(&settings.scan_cidrs, me.addr().ip(), &me.platform).unwrap_or_default();
+        let (announcements, announced) =
+            Announcements::new(Scope::new(&scan_ranges, me.addr().ip()));
         let reports = Reports::default();
         reports.set(
             Method::Announce,
-            Report {
-                detail: "replicas that find this one say hello (POST /api/hello); \
-                         it calls the claimed address back before admitting them"
-                    .into(),
-                ..Report::default()
-            },
+            Report::detail(
+                "replicas that find this one say hello (POST /api/hello); \
+                 it calls the claimed address back before admitting them",
+            ),
         );
-        let registry = Registry::new(
-            &settings.database_url,
-            Duration::from_secs(settings.registry_heartbeat_secs),
-            Duration::from_secs(settings.registry_ttl_secs),
-        );
-        if registry.is_none() {
-            reports.set(
-                Method::Registry,
-                Report {
-                    off: Some("DATABASE_URL=off".into()),
-                    ..Report::default()
-                },
-            );
-        }
-        let me_id = me.id().to_string();
-        let node = Arc::new(Node {
-            settings,
-            me,
-            membership: Membership::new(timing),
-            reports,
+        let relay = Relay::new(
+            settings.public_url.clone(),
+            settings.affinity_cookie.clone(),
+            secret,
+            (me.id().to_string(), me.service().to_string()),
             client,
-            candidates: tx,
-            announcements,
-            registry,
-            broadcaster: Broadcaster::new(me_id.as_str()),
-            relay: Relay::default(),
-            metrics: crate::metrics::Metrics::default(),
-            peer_timelines: Mutex::default(),
-            via_load_balancer: Mutex::default(),
-            relay_subscribers: Mutex::default(),
-            shutdown: watch::channel(false).0,
+        );
+        let trusted = settings.trusted_proxies.clone().unwrap_or_default();
+        let state = AppState {
+            membership: membership.clone(),
+            reports,
+            announce: Announce {
+                me: me.clone(),
+                membership,
+                announcements: announcements.clone(),
+            },
+            verifier,
+            inbox: Broadcaster::new(me.id()),
+            relay,
+            timelines: PeerTimelines::default(),
+            via_load_balancer: ViaLoadBalancer::default(),
             drain: Drain::default(),
-        });
+            shutdown: CancellationToken::new(),
+            metrics: Metrics::new()?,
+            page: PageSettings {
+                expected_replicas: settings.expected_replicas,
+                membership_mode: membership_mode(&settings),
+            },
+            peer_gate: Arc::new(PeerGate::default()),
+            streams: web::stream_slots(),
+            relay_streams: web::relay_slots(),
+            limits: Arc::new(Limits::new(settings.broadcast_rate, trusted)),
+            me,
+        };
         Ok(Application {
-            node,
+            store: Store::open(&settings.database_url),
+            settings,
             listener,
-            candidates: rx,
+            state,
+            candidates,
+            candidate_queue,
             announced,
+            announcements,
+            hub_http: crate::client::public_http()?,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or_else(|_| self.node.me.addr())
+            .unwrap_or_else(|_| self.state.me.addr())
     }
 
-    pub fn node(&self) -> Arc<Node> {
-        self.node.clone()
+    /// What the web layer reads: for tests and the demo.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
     }
 
     /// Serves until `shutdown` resolves, then drains: turns unready, serves on until users'
     /// requests stop (or `DRAIN_SECS`), tells peers it is leaving, lets in-flight requests
     /// finish within [`drain::CLOSE_DEADLINE`].
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), AppError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let Application {
-            node,
+            settings,
             listener,
+            state,
+            store,
             candidates,
+            candidate_queue,
             announced,
+            announcements,
+            hub_http,
         } = self;
-        let mut tasks = start_tasks(&node, candidates);
-        tasks.push(tokio::spawn(discovery::announce::run(
-            node.clone(),
+        let tasks = TaskTracker::new();
+        let stop_tasks = CancellationToken::new();
+        Background {
+            settings: settings.clone(),
+            state: state.clone(),
+            store: store.clone(),
+            candidates,
+            candidate_queue,
             announced,
-        )));
-        node.drain.set_ready();
-        let me = node.me.identity();
+            announcements,
+            hub_http,
+        }
+        .start(&tasks, &stop_tasks);
+        state.drain.set_ready();
+        let me = state.me.identity();
         tracing::info!(
             instance_id = %me.instance_id, name = %me.name, service = %me.service,
             addr = %me.addr, platform = %me.platform, "replica ready"
         );
 
         let (closing, closed) = tokio::sync::oneshot::channel::<()>();
-        let draining = node.clone();
+        let draining = state.clone();
+        let max = settings.drain;
         let graceful = async move {
             shutdown.await;
             // Long-lived streams end now, so their clients reconnect elsewhere.
-            draining.shutdown.send_replace(true);
-            let max = Duration::from_secs(draining.settings.drain_secs);
+            draining.shutdown.cancel();
             tracing::info!(
                 max_secs = max.as_secs(),
                 "draining: unready, serving until requests stop"
@@ -217,16 +219,14 @@ impl Application {
                 waited_ms = waited.as_millis() as u64,
                 "drained: saying goodbye"
             );
-            say_goodbye(&draining).await;
+            say_goodbye(&draining, store.as_ref()).await;
             tracing::info!("closing: finishing in-flight requests");
             let _ = closing.send(());
         };
-        let app = crate::web::router(node.clone());
+        let app = web::router(state, settings.status_page == "on");
         // Open connections, bounded in all and per client address.
-        let connections = crate::web::serve::Slots::connections(
-            &node.settings.trusted_proxies.clone().unwrap_or_default(),
-        );
-        let served = crate::web::serve::serve(listener, app, connections, graceful);
+        let connections = Slots::connections(&settings.trusted_proxies.clone().unwrap_or_default());
+        let served = web::serve::serve(listener, app, connections, graceful);
         // Whatever a connection does, the process ends a fixed time after closing began.
         let deadline = async {
             match closed.await {
@@ -234,54 +234,135 @@ impl Application {
                 Err(_) => std::future::pending().await,
             }
         };
-        let result = tokio::select! {
-            () = served => Ok(()),
+        tokio::select! {
+            () = served => {}
             () = deadline => {
                 tracing::warn!(
                     deadline_secs = drain::CLOSE_DEADLINE.as_secs(),
                     "requests still open at the close deadline: closing anyway"
                 );
-                Ok(())
             }
-        };
-        for task in tasks {
-            task.abort();
         }
-        result
+        stop_tasks.cancel();
+        tasks.close();
+        if tokio::time::timeout(TASKS_STOP_WITHIN, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("background tasks still stopping; leaving them");
+        }
     }
 }
 
-fn start_tasks(node: &Arc<Node>, candidates: mpsc::Receiver<Candidate>) -> Vec<JoinHandle<()>> {
-    let concurrency = scan_concurrency(node.settings.scan_concurrency as usize);
-    let mut tasks = vec![
-        tokio::spawn(node.me.clone().sample_system(Duration::from_secs(2))),
-        tokio::spawn(discovery::run_verifier(node.clone(), candidates)),
-        tokio::spawn(discovery::scan::run(node.clone(), concurrency)),
-        tokio::spawn(prober::run(node.clone())),
-        tokio::spawn(prober::run_clock(node.clone())),
-    ];
-    if let Some(registry) = &node.registry {
-        tasks.push(tokio::spawn(registry.clone().run(node.clone())));
-    }
-    let resolver = match discovery::dns::resolver(node.settings.dns_server) {
-        Ok(resolver) => Some(Arc::new(resolver)),
-        Err(e) => {
-            tracing::warn!(error = %e, "no DNS resolver: DNS names and seed host names cannot be looked up");
-            None
-        }
-    };
-    let hostname = sysinfo::System::host_name().ok();
-    tasks.push(tokio::spawn(discovery::dns::run(
-        node.clone(),
-        resolver.clone(),
-        hostname,
-    )));
-    tasks.push(tokio::spawn(discovery::seed::run(node.clone(), resolver)));
-    tasks.push(tokio::spawn(crate::relay::run(node.clone())));
-    tasks.push(tokio::spawn(crate::timeline::run(node.clone())));
-    tasks.push(tokio::spawn(prober::run_load_balancer(node.clone())));
-    tasks
+/// What the background tasks are started from.
+struct Background {
+    settings: Arc<Settings>,
+    state: AppState,
+    store: Option<Store>,
+    candidates: mpsc::Receiver<Candidate>,
+    candidate_queue: candidate::CandidateQueue,
+    announced: mpsc::Receiver<SocketAddr>,
+    announcements: Announcements,
+    hub_http: reqwest::Client,
 }
+
+impl Background {
+    /// Every background task, each ended by `stop`.
+    fn start(self, tasks: &TaskTracker, stop: &CancellationToken) {
+        let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                stop.run_until_cancelled(task).await;
+            });
+        };
+        let s = &self.state;
+        let settings = &*self.settings;
+        spawn(Box::pin(s.me.clone().sample_system(Duration::from_secs(2))));
+
+        let admit = Admit {
+            verifier: s.verifier.clone(),
+            membership: s.membership.clone(),
+            announcements: self.announcements.clone(),
+        };
+        spawn(Box::pin(admit::run(admit.clone(), self.candidates)));
+        spawn(Box::pin(announce::run(
+            admit,
+            self.announcements.clone(),
+            self.announced,
+        )));
+
+        let context = Context {
+            candidates: self.candidate_queue.clone(),
+            membership: s.membership.clone(),
+            reports: s.reports.clone(),
+            cancel: stop.clone(),
+        };
+        let concurrency = scan_concurrency(settings.scan_concurrency as usize);
+        let scan = Scan::new(settings, &s.me, concurrency, s.metrics.clone());
+        spawn(Box::pin(source::run(scan, context.clone())));
+        let resolver = match dns::resolver(settings.dns_server) {
+            Ok(resolver) => Some(Arc::new(resolver)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: DNS names and seed host names cannot be looked up");
+                None
+            }
+        };
+        let hostname = sysinfo::System::host_name().ok();
+        let dns = Dns::new(
+            settings,
+            &s.me,
+            hostname,
+            resolver.clone(),
+            s.metrics.clone(),
+        );
+        spawn(Box::pin(source::run(dns, context.clone())));
+        let seed = Seed::new(settings.seed_peers.as_ref(), resolver, s.me.addr());
+        spawn(Box::pin(source::run(seed, context.clone())));
+        let registry = Registry::new(
+            self.store.clone(),
+            s.me.clone(),
+            settings.registry_heartbeat,
+            settings.registry_ttl,
+            s.membership.clone(),
+            s.metrics.clone(),
+        );
+        spawn(Box::pin(source::run(registry, context)));
+
+        let prober = Prober {
+            verifier: s.verifier.clone(),
+            membership: s.membership.clone(),
+            candidates: self.candidate_queue.clone(),
+            metrics: s.metrics.clone(),
+            interval: settings.probe_interval,
+        };
+        spawn(Box::pin(prober::run(prober)));
+        spawn(Box::pin(prober::run_clock(
+            s.membership.clone(),
+            settings.probe_interval,
+        )));
+        spawn(Box::pin(prober::run_load_balancer(
+            s.verifier.client().clone(),
+            settings.public_url.clone(),
+            s.via_load_balancer.clone(),
+        )));
+        spawn(Box::pin(crate::relay::run(
+            s.relay.clone(),
+            self.store.clone(),
+            s.inbox.clone(),
+            s.reports.clone(),
+            s.membership.clone(),
+            self.hub_http,
+        )));
+        spawn(Box::pin(crate::timeline::run(
+            s.timelines.clone(),
+            s.membership.clone(),
+            s.verifier.client().clone(),
+        )));
+    }
+}
+
+/// How long background tasks get to stop after the server has closed.
+const TASKS_STOP_WITHIN: Duration = Duration::from_secs(1);
 
 /// Each scan connect holds a file descriptor: raise the limit, and never plan more connects
 /// than it allows.
@@ -293,17 +374,18 @@ fn scan_concurrency(wanted: usize) -> usize {
 
 /// Tells every live member we are leaving, so they mark us `left` at once instead of
 /// waiting for probes to fail, and deletes our registry row.
-async fn say_goodbye(node: &Node) {
-    let me = node.me.identity();
-    let snapshot = node.membership.snapshot();
+async fn say_goodbye(state: &AppState, store: Option<&Store>) {
+    let me = state.me.identity();
+    let snapshot = state.membership.snapshot();
+    let client = state.verifier.client();
     let calls = snapshot
         .members
         .iter()
         .filter(|m| matches!(m.state, State::Alive | State::Suspect))
-        .map(|m| node.client.tell(m.identity.addr, "/api/goodbye", &me));
+        .map(|m| client.tell(m.identity.addr, "/api/goodbye", &me));
     let deregister = async {
-        if let Some(registry) = &node.registry {
-            registry.deregister(&me).await;
+        if let Some(store) = store {
+            store.deregister(&me).await;
         }
     };
     let _ = tokio::time::timeout(

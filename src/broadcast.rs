@@ -2,7 +2,7 @@
 //! with duplicates dropped by id and the last few kept for newly opened pages.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -51,10 +51,13 @@ impl Message {
     }
 }
 
+/// The message inbox: delivers each message once, keeps the last few, and fans them out
+/// to the page's event streams.
+#[derive(Clone)]
 pub struct Broadcaster {
-    me: String,
+    me: Arc<str>,
     tx: broadcast::Sender<Message>,
-    recent: Mutex<Recent>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 #[derive(Default)]
@@ -67,9 +70,9 @@ struct Recent {
 impl Broadcaster {
     pub fn new(me: &str) -> Broadcaster {
         Broadcaster {
-            me: me.to_string(),
+            me: me.into(),
             tx: broadcast::channel(256).0,
-            recent: Mutex::default(),
+            recent: Arc::default(),
         }
     }
 
@@ -87,8 +90,8 @@ impl Broadcaster {
         {
             recent.seen.remove(&old);
         }
-        if message.via.last() != Some(&self.me) {
-            message.via.push(self.me.clone());
+        if message.via.last().map(String::as_str) != Some(&*self.me) {
+            message.via.push(self.me.to_string());
         }
         recent.history.push_back(message.clone());
         if recent.history.len() > HISTORY {

@@ -62,7 +62,7 @@ pub struct PeerClient {
     any: reqwest::Client,
 }
 
-fn http(local_ip: Option<IpAddr>, timeout: Duration) -> reqwest::Client {
+fn http(local_ip: Option<IpAddr>, timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -73,8 +73,17 @@ fn http(local_ip: Option<IpAddr>, timeout: Duration) -> reqwest::Client {
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("rollcall/", env!("CARGO_PKG_VERSION")))
         .build()
-        .or_else(|_| reqwest::Client::builder().no_proxy().build())
-        .unwrap_or_default()
+}
+
+/// The client for calls through the public address (the relay): no overall timeout, since
+/// a relay stream lives as long as the hub does, but a bounded connect.
+pub fn public_http() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .user_agent(concat!("rollcall/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// A successful identity call and its round-trip time.
@@ -87,13 +96,18 @@ pub struct Reply {
 
 impl PeerClient {
     /// `local_ip`: where calls leave from (ignored when the address is not on this machine).
-    pub fn new(local_ip: Option<IpAddr>, timeout: Duration) -> PeerClient {
+    /// A client that cannot be built (no TLS roots, say) is a start-up error: there is no
+    /// safe fallback without the timeouts.
+    pub fn new(local_ip: Option<IpAddr>, timeout: Duration) -> Result<PeerClient, reqwest::Error> {
         let local_ip = local_ip
             .filter(|ip| !ip.is_unspecified() && std::net::TcpListener::bind((*ip, 0)).is_ok());
-        PeerClient {
-            bound: local_ip.map(|ip| (ip, http(Some(ip), timeout))),
-            any: http(None, timeout),
-        }
+        Ok(PeerClient {
+            bound: match local_ip {
+                Some(ip) => Some((ip, http(Some(ip), timeout)?)),
+                None => None,
+            },
+            any: http(None, timeout)?,
+        })
     }
 
     fn for_peer(&self, addr: SocketAddr) -> &reqwest::Client {

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
@@ -85,12 +86,12 @@ pub struct Settings {
     pub scan_ports: Option<PortList>,
 
     /// Pause between full scans, in seconds.
-    #[arg(long, env = "SCAN_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub scan_interval_secs: u64,
+    #[arg(long = "scan-interval-secs", env = "SCAN_INTERVAL_SECS", default_value = "30", value_parser = seconds(1, u64::MAX))]
+    pub scan_interval: Duration,
 
     /// Connect timeout per scanned address, in milliseconds.
-    #[arg(long, env = "SCAN_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub scan_timeout_ms: u64,
+    #[arg(long = "scan-timeout-ms", env = "SCAN_TIMEOUT_MS", default_value = "250", value_parser = millis(1, 60_000))]
+    pub scan_timeout: Duration,
 
     /// How many scan connects may be in flight at once.
     #[arg(long, env = "SCAN_CONCURRENCY", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -110,29 +111,29 @@ pub struct Settings {
     pub seed_peers: Option<SeedPeers>,
 
     /// How often each member is probed directly, in milliseconds.
-    #[arg(long, env = "PROBE_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
-    pub probe_interval_ms: u64,
+    #[arg(long = "probe-interval-ms", env = "PROBE_INTERVAL_MS", default_value = "1000", value_parser = millis(50, 600_000))]
+    pub probe_interval: Duration,
 
     /// A member that has not answered for this many seconds is dead.
-    #[arg(long, env = "DEAD_AFTER_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
-    pub dead_after_secs: u64,
+    #[arg(long = "dead-after-secs", env = "DEAD_AFTER_SECS", default_value = "3", value_parser = seconds(1, u64::MAX))]
+    pub dead_after: Duration,
 
     /// Dead or left members are dropped from the view after this many seconds.
-    #[arg(long, env = "FORGET_AFTER_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
-    pub forget_after_secs: u64,
+    #[arg(long = "forget-after-secs", env = "FORGET_AFTER_SECS", default_value = "600", value_parser = seconds(1, u64::MAX))]
+    pub forget_after: Duration,
 
     /// Registry database where replicas meet: `sqlite://FILE`, `postgres://…`, or `off`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://rollcall.db")]
     pub database_url: Database,
 
     /// How often a replica refreshes its registry row, in seconds.
-    #[arg(long, env = "REGISTRY_HEARTBEAT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub registry_heartbeat_secs: u64,
+    #[arg(long = "registry-heartbeat-secs", env = "REGISTRY_HEARTBEAT_SECS", default_value = "3", value_parser = seconds(1, 3600))]
+    pub registry_heartbeat: Duration,
 
     /// Registry rows older than this many seconds are ignored and deleted by any replica.
     /// Must be more than REGISTRY_HEARTBEAT_SECS.
-    #[arg(long, env = "REGISTRY_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=86_400))]
-    pub registry_ttl_secs: u64,
+    #[arg(long = "registry-ttl-secs", env = "REGISTRY_TTL_SECS", default_value = "15", value_parser = seconds(2, 86_400))]
+    pub registry_ttl: Duration,
 
     /// The app's public address (App Platform: `${APP_URL}`), used to relay messages through
     /// the load balancer where replicas cannot reach each other directly.
@@ -151,8 +152,8 @@ pub struct Settings {
     /// After SIGTERM, `/readyz` answers 503 at once and the replica keeps serving until no
     /// request has arrived for about a second, or this many seconds at most; then it says
     /// goodbye and closes. Where the platform stops sending first, that takes about 1 s.
-    #[arg(long, env = "DRAIN_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
-    pub drain_secs: u64,
+    #[arg(long = "drain-secs", env = "DRAIN_SECS", default_value = "10", value_parser = seconds(0, 300))]
+    pub drain: Duration,
 
     /// Messages per second one client may broadcast through one replica (bursts of five
     /// times that); all clients together, ten times that. Each message reaches every
@@ -195,6 +196,29 @@ where
             other => other.parse().map(AutoOr::Given).map_err(|e| format!("{e}")),
         }
     }
+}
+
+/// A whole number of seconds from `min` to `max`, as a `Duration`.
+fn seconds(min: u64, max: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |s| whole_number(s, min, max, "seconds").map(Duration::from_secs)
+}
+
+/// A whole number of milliseconds from `min` to `max`, as a `Duration`.
+fn millis(min: u64, max: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |s| whole_number(s, min, max, "milliseconds").map(Duration::from_millis)
+}
+
+fn whole_number(s: &str, min: u64, max: u64, unit: &str) -> Result<u64, String> {
+    let range = if max == u64::MAX {
+        format!("at least {min}")
+    } else {
+        format!("{min} to {max}")
+    };
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("must be a whole number of {unit}, {range}"))
 }
 
 /// A name peers will check and show: a replica with one they refuse could never join.
@@ -558,11 +582,12 @@ fn comma_list<T>(s: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<V
 impl Settings {
     /// Checks that hold between settings; the error is the one line to print.
     pub fn validate(&self) -> Result<(), String> {
-        if self.registry_ttl_secs <= self.registry_heartbeat_secs {
+        if self.registry_ttl <= self.registry_heartbeat {
             return Err(format!(
                 "REGISTRY_TTL_SECS ({}) must be more than REGISTRY_HEARTBEAT_SECS ({}), \
                  or every row would look stale between heartbeats",
-                self.registry_ttl_secs, self.registry_heartbeat_secs
+                self.registry_ttl.as_secs(),
+                self.registry_heartbeat.as_secs()
             ));
         }
         Ok(())

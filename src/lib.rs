@@ -26,6 +26,7 @@ pub mod prober;
 pub mod proof;
 pub mod relay;
 pub mod relay_auth;
+pub mod store;
 pub mod telemetry;
 pub mod timeline;
 pub mod verify;

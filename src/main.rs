@@ -41,10 +41,10 @@ fn main() -> ExitCode {
         match demo_args {
             Some(args) => demo::run(args).await.map_err(|e| e.to_string()),
             None => match Application::build(settings).await {
-                Ok(app) => app
-                    .run(telemetry::shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(app) => {
+                    app.run(telemetry::shutdown_signal()).await;
+                    Ok(())
+                }
                 Err(e) => Err(e.to_string()),
             },
         }

@@ -429,7 +429,12 @@ pub fn state_after_failure(
 }
 
 /// The table behind one lock, publishing a fresh snapshot after every change.
+#[derive(Clone)]
 pub struct Membership {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     table: Mutex<Table>,
     timing: Timing,
     published: watch::Sender<Arc<Snapshot>>,
@@ -532,6 +537,14 @@ impl Snapshot {
             .collect()
     }
 
+    /// This replica's identity with its mesh row and view hash, as peers and pages see it.
+    pub fn published(&self, mut identity: Identity, leaving: bool) -> Identity {
+        identity.mesh = Some(self.mesh_row(Instant::now()));
+        identity.view_hash = Some(self.view_hash(&identity.instance_id));
+        identity.leaving = leaving;
+        identity
+    }
+
     /// A short hash of the alive member set, this replica included.
     pub fn view_hash(&self, me: &str) -> String {
         let mut ids: Vec<&str> = self
@@ -558,25 +571,27 @@ impl Membership {
         let table = Table::default();
         let (published, _) = watch::channel(Arc::new(table.snapshot()));
         Membership {
-            table: Mutex::new(table),
-            timing,
-            published,
-            timeline: Mutex::default(),
+            inner: Arc::new(Inner {
+                table: Mutex::new(table),
+                timing,
+                published,
+                timeline: Mutex::default(),
+            }),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.published.borrow().clone()
+        self.inner.published.borrow().clone()
     }
 
     /// Wakes on every published change.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.published.subscribe()
+        self.inner.published.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves the table usable: every change is whole.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn change<R>(&self, f: impl FnOnce(&mut Table, Instant) -> R) -> R {
@@ -589,11 +604,11 @@ impl Membership {
 
     /// Publishes a snapshot and records what changed on the timeline.
     fn publish(&self, snapshot: Snapshot) {
-        let old = self.published.send_replace(Arc::new(snapshot));
+        let old = self.inner.published.send_replace(Arc::new(snapshot));
         let new = self.snapshot();
         let events = changes(&old, &new);
         if !events.is_empty()
-            && let Ok(mut timeline) = self.timeline.lock()
+            && let Ok(mut timeline) = self.inner.timeline.lock()
         {
             timeline.extend(events);
             while timeline.len() > TIMELINE {
@@ -604,7 +619,7 @@ impl Membership {
 
     /// Records something a source ran into (a registry or DNS error).
     pub fn note(&self, kind: &str, detail: String) {
-        if let Ok(mut timeline) = self.timeline.lock() {
+        if let Ok(mut timeline) = self.inner.timeline.lock() {
             timeline.push_back(event(kind, None, None, detail));
             while timeline.len() > TIMELINE {
                 timeline.pop_front();
@@ -614,7 +629,8 @@ impl Membership {
 
     /// The last events, oldest first.
     pub fn timeline(&self) -> Vec<TimelineEvent> {
-        self.timeline
+        self.inner
+            .timeline
             .lock()
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default()
@@ -646,7 +662,7 @@ impl Membership {
     }
 
     pub fn probe_failed(&self, instance_id: &str, error: String) {
-        let timing = self.timing;
+        let timing = self.inner.timing;
         self.change(|t, now| t.probe_failed(instance_id, error, now, timing));
     }
 
@@ -671,7 +687,7 @@ impl Membership {
     pub fn tick(&self) {
         let now = Instant::now();
         let mut table = self.lock();
-        if table.tick(now, self.timing) {
+        if table.tick(now, self.inner.timing) {
             self.publish(table.snapshot());
         }
     }

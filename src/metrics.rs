@@ -1,12 +1,17 @@
-//! `/metrics`: Prometheus text, written by hand from counters and the member snapshot.
-//! Names follow Prometheus conventions: `rollcall_` prefix, units in names, `_total` for
-//! counters.
+//! `/metrics`: Prometheus text from the `metrics` crate and its Prometheus exporter.
+//!
+//! Each replica keeps its own recorder instead of installing a global one: the demo runs
+//! several replicas in one process, and each must count only its own work. Names follow
+//! Prometheus conventions: `rollcall_` prefix, units in names, `_total` for counters.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram, with_local_recorder,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use crate::membership::{Snapshot, State};
 
@@ -14,171 +19,199 @@ use crate::membership::{Snapshot, State};
 const RTT_BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+/// Upper bounds of the request duration histogram, in seconds.
+const REQUEST_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
-#[derive(Default)]
+const PROBE_RTT: &str = "rollcall_probe_rtt_seconds";
+const REQUEST_DURATION: &str = "rollcall_http_request_duration_seconds";
+
+/// One replica's metrics: cheap to clone, shared by every stage that counts something.
+#[derive(Clone)]
 pub struct Metrics {
-    pub probes: AtomicU64,
-    pub probe_failures: AtomicU64,
-    pub registry_errors: AtomicU64,
-    pub dns_lookups: AtomicU64,
-    pub peer_calls: AtomicU64,
-    rtt_buckets: [AtomicU64; RTT_BUCKETS.len()],
-    rtt_count: AtomicU64,
-    rtt_sum_micros: AtomicU64,
-    /// (seconds, addresses) of the last scan.
-    last_scan: Mutex<Option<(f64, u64)>>,
-    http: Mutex<BTreeMap<(String, u16), u64>>,
+    recorder: Arc<PrometheusRecorder>,
+    probes: Counter,
+    probe_failures: Counter,
+    probe_rtt: Histogram,
+    registry_errors: Counter,
+    dns_lookups: Counter,
+    peer_calls: Counter,
+    members: [Gauge; 4],
+    foreign: Gauge,
 }
 
 impl Metrics {
+    pub fn new() -> Result<Metrics, BuildError> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(PROBE_RTT.into()), &RTT_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &REQUEST_BUCKETS)?
+            .build_recorder();
+        let recorder = Arc::new(recorder);
+        let metrics = with_local_recorder(recorder.as_ref(), || {
+            describe();
+            gauge!("rollcall_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Metrics {
+                recorder: recorder.clone(),
+                probes: counter!("rollcall_probes_total"),
+                probe_failures: counter!("rollcall_probe_failures_total"),
+                probe_rtt: histogram!(PROBE_RTT),
+                registry_errors: counter!("rollcall_registry_heartbeat_errors_total"),
+                dns_lookups: counter!("rollcall_dns_lookups_total"),
+                peer_calls: counter!("rollcall_peer_calls_total"),
+                members: [State::Alive, State::Suspect, State::Dead, State::Left]
+                    .map(|state| gauge!("rollcall_members", "state" => state.as_str())),
+                foreign: gauge!("rollcall_foreign_addresses"),
+            }
+        });
+        Ok(metrics)
+    }
+
+    /// A direct probe: its round trip, or `None` when it got no valid answer.
     pub fn probe(&self, rtt: Option<Duration>) {
-        self.probes.fetch_add(1, Ordering::Relaxed);
+        self.probes.increment(1);
         match rtt {
-            Some(rtt) => {
-                let secs = rtt.as_secs_f64();
-                for (i, bound) in RTT_BUCKETS.iter().enumerate() {
-                    if secs <= *bound {
-                        self.rtt_buckets[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                self.rtt_count.fetch_add(1, Ordering::Relaxed);
-                self.rtt_sum_micros
-                    .fetch_add(rtt.as_micros() as u64, Ordering::Relaxed);
-            }
-            None => {
-                self.probe_failures.fetch_add(1, Ordering::Relaxed);
-            }
+            Some(rtt) => self.probe_rtt.record(rtt.as_secs_f64()),
+            None => self.probe_failures.increment(1),
         }
     }
 
+    /// A full scan; its gauges appear with the first one.
     pub fn scan(&self, took: Duration, addresses: u64) {
-        if let Ok(mut last) = self.last_scan.lock() {
-            *last = Some((took.as_secs_f64(), addresses));
-        }
+        let secs = took.as_secs_f64();
+        with_local_recorder(self.recorder.as_ref(), || {
+            gauge!("rollcall_scan_duration_seconds").set(secs);
+            gauge!("rollcall_scan_addresses_per_second").set(addresses as f64 / secs.max(1e-9));
+        });
     }
 
-    /// Counts a request by route (the matched pattern, never the raw path) and status.
-    pub fn request(&self, route: &str, status: u16) {
-        if let Ok(mut http) = self.http.lock() {
-            *http.entry((route.to_string(), status)).or_insert(0) += 1;
-        }
+    pub fn registry_error(&self) {
+        self.registry_errors.increment(1);
     }
 
+    pub fn dns_lookups(&self, n: u64) {
+        self.dns_lookups.increment(n);
+    }
+
+    pub fn peer_calls(&self, n: u64) {
+        self.peer_calls.increment(n);
+    }
+
+    /// A request by route (the matched pattern, never the raw path: bounded labels) and
+    /// status, with how long it took.
+    pub fn request(&self, route: &str, status: u16, took: Duration) {
+        let route = route.to_string();
+        with_local_recorder(self.recorder.as_ref(), || {
+            counter!("rollcall_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+                .increment(1);
+            histogram!(REQUEST_DURATION, "route" => route).record(took.as_secs_f64());
+        });
+    }
+
+    /// The Prometheus text, with the member gauges as of `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
-        let mut out = String::new();
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut by_state =
-            BTreeMap::from([("alive", 1u64), ("suspect", 0), ("dead", 0), ("left", 0)]);
+        // This replica counts as alive.
+        let mut by_state = [1.0, 0.0, 0.0, 0.0];
         for m in &snapshot.members {
-            let key = match m.state {
-                State::Alive => "alive",
-                State::Suspect => "suspect",
-                State::Dead => "dead",
-                State::Left => "left",
+            let i = match m.state {
+                State::Alive => 0,
+                State::Suspect => 1,
+                State::Dead => 2,
+                State::Left => 3,
             };
-            *by_state.entry(key).or_insert(0) += 1;
+            by_state[i] += 1.0;
         }
-        let _ = writeln!(
-            out,
-            "# HELP rollcall_members Members by state, this replica included."
-        );
-        let _ = writeln!(out, "# TYPE rollcall_members gauge");
-        for (state, n) in by_state {
-            let _ = writeln!(out, "rollcall_members{{state=\"{state}\"}} {n}");
+        for (gauge, n) in self.members.iter().zip(by_state) {
+            gauge.set(n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP rollcall_foreign_addresses Addresses that answered but are not replicas of this service."
-        );
-        let _ = writeln!(out, "# TYPE rollcall_foreign_addresses gauge");
-        let _ = writeln!(out, "rollcall_foreign_addresses {}", snapshot.foreign.len());
-        if let Some((secs, addresses)) = self.last_scan.lock().ok().and_then(|l| *l) {
-            let _ = writeln!(
-                out,
-                "# HELP rollcall_scan_duration_seconds Duration of the last full scan."
-            );
-            let _ = writeln!(out, "# TYPE rollcall_scan_duration_seconds gauge");
-            let _ = writeln!(out, "rollcall_scan_duration_seconds {secs:.3}");
-            let _ = writeln!(
-                out,
-                "# HELP rollcall_scan_addresses_per_second Addresses tried per second in the last scan."
-            );
-            let _ = writeln!(out, "# TYPE rollcall_scan_addresses_per_second gauge");
-            let _ = writeln!(
-                out,
-                "rollcall_scan_addresses_per_second {:.0}",
-                addresses as f64 / secs.max(1e-9)
-            );
+        self.foreign.set(snapshot.foreign.len() as f64);
+        self.recorder.handle().render()
+    }
+}
+
+fn describe() {
+    describe_gauge!("rollcall_build_info", "The running version; always 1.");
+    describe_gauge!(
+        "rollcall_members",
+        "Members by state, this replica included."
+    );
+    describe_gauge!(
+        "rollcall_foreign_addresses",
+        "Addresses that answered but are not replicas of this service."
+    );
+    describe_gauge!(
+        "rollcall_scan_duration_seconds",
+        "Duration of the last full scan."
+    );
+    describe_gauge!(
+        "rollcall_scan_addresses_per_second",
+        "Addresses tried per second in the last scan."
+    );
+    describe_counter!("rollcall_probes_total", "Direct probes sent to members.");
+    describe_counter!(
+        "rollcall_probe_failures_total",
+        "Direct probes that got no valid answer."
+    );
+    describe_counter!(
+        "rollcall_registry_heartbeat_errors_total",
+        "Times the registry became unreachable."
+    );
+    describe_counter!(
+        "rollcall_dns_lookups_total",
+        "DNS lookups made by the dns and seed sources."
+    );
+    describe_counter!("rollcall_peer_calls_total", "Direct calls made for /peer.");
+    describe_histogram!(PROBE_RTT, "Round-trip time of successful direct probes.");
+    describe_counter!(
+        "rollcall_http_requests_total",
+        "HTTP requests by route and status."
+    );
+    describe_histogram!(REQUEST_DURATION, "HTTP request duration by route.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{Membership, Timing};
+
+    #[test]
+    fn renders_every_name_with_its_type() {
+        let metrics = Metrics::new().expect("recorder");
+        metrics.probe(Some(Duration::from_micros(700)));
+        metrics.probe(None);
+        metrics.request("/api/status", 200, Duration::from_millis(2));
+        metrics.scan(Duration::from_millis(500), 1000);
+        let snapshot = Membership::new(Timing {
+            dead_after: Duration::from_secs(3),
+            forget_after: Duration::from_secs(600),
+        })
+        .snapshot();
+        let text = metrics.render(&snapshot);
+        for line in [
+            "# TYPE rollcall_probes_total counter",
+            "rollcall_probes_total 2",
+            "rollcall_probe_failures_total 1",
+            "rollcall_members{state=\"alive\"} 1",
+            "rollcall_members{state=\"dead\"} 0",
+            "rollcall_probe_rtt_seconds_bucket{le=\"0.001\"} 1",
+            "rollcall_probe_rtt_seconds_count 1",
+            "rollcall_http_requests_total{route=\"/api/status\",status=\"200\"} 1",
+            "# TYPE rollcall_http_request_duration_seconds histogram",
+            "rollcall_scan_addresses_per_second 2000",
+            "rollcall_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        let counters = [
-            (
-                "rollcall_probes_total",
-                "Direct probes sent to members.",
-                get(&self.probes),
-            ),
-            (
-                "rollcall_probe_failures_total",
-                "Direct probes that got no valid answer.",
-                get(&self.probe_failures),
-            ),
-            (
-                "rollcall_registry_heartbeat_errors_total",
-                "Times the registry became unreachable.",
-                get(&self.registry_errors),
-            ),
-            (
-                "rollcall_dns_lookups_total",
-                "DNS lookups made by the dns and seed sources.",
-                get(&self.dns_lookups),
-            ),
-            (
-                "rollcall_peer_calls_total",
-                "Direct calls made for /peer.",
-                get(&self.peer_calls),
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP rollcall_probe_rtt_seconds Round-trip time of successful direct probes."
-        );
-        let _ = writeln!(out, "# TYPE rollcall_probe_rtt_seconds histogram");
-        for (bound, count) in RTT_BUCKETS.iter().zip(&self.rtt_buckets) {
-            let _ = writeln!(
-                out,
-                "rollcall_probe_rtt_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(count)
-            );
-        }
-        let count = get(&self.rtt_count);
-        let _ = writeln!(
-            out,
-            "rollcall_probe_rtt_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "rollcall_probe_rtt_seconds_sum {:.6}",
-            get(&self.rtt_sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(out, "rollcall_probe_rtt_seconds_count {count}");
-        let _ = writeln!(
-            out,
-            "# HELP rollcall_http_requests_total HTTP requests by route and status."
-        );
-        let _ = writeln!(out, "# TYPE rollcall_http_requests_total counter");
-        if let Ok(http) = self.http.lock() {
-            for ((route, status), n) in http.iter() {
-                let _ = writeln!(
-                    out,
-                    "rollcall_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
-            }
-        }
-        out
+    }
+
+    #[test]
+    fn replicas_in_one_process_count_apart() {
+        let (a, b) = (Metrics::new().expect("a"), Metrics::new().expect("b"));
+        a.peer_calls(3);
+        let empty = Membership::new(Timing {
+            dead_after: Duration::from_secs(3),
+            forget_after: Duration::from_secs(600),
+        })
+        .snapshot();
+        assert!(a.render(&empty).contains("rollcall_peer_calls_total 3"));
+        assert!(b.render(&empty).contains("rollcall_peer_calls_total 0"));
     }
 }

@@ -6,15 +6,19 @@
 //! stops working: the replica that notices first records the next hub's cookie in its
 //! place, and everyone follows.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::app::Node;
-use crate::broadcast::Message;
-use crate::membership::State;
+use crate::broadcast::{Broadcaster, Message};
+use crate::client::PeerClient;
+use crate::config::{PublicUrl, Secret};
+use crate::discovery::report::Reports;
+use crate::membership::{Membership, State};
 use crate::relay_auth::{self, SignedMessage};
+use crate::store::Store;
 
 /// Where messages go, for the page and `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -26,53 +30,156 @@ pub struct RelayView {
     pub detail: String,
 }
 
-#[derive(Default)]
+/// The relay's state and settings: where messages go, the cookie that reaches the hub
+/// while connected, and the replicas connected to this one as their hub.
+#[derive(Clone)]
 pub struct Relay {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     view: Mutex<RelayView>,
-    /// The cookie that reaches the hub, while connected.
     cookie: Mutex<Option<String>>,
+    /// Replicas connected to this one as their relay hub (instance id → connections).
+    subscribers: Mutex<HashMap<String, usize>>,
+    public: Option<PublicUrl>,
+    /// The load balancer's affinity cookie name.
+    cookie_name: String,
+    secret: Option<Secret>,
+    me: String,
+    service: String,
+    client: PeerClient,
 }
 
 impl Relay {
+    pub fn new(
+        public: Option<PublicUrl>,
+        cookie_name: String,
+        secret: Option<Secret>,
+        (me, service): (String, String),
+        client: PeerClient,
+    ) -> Relay {
+        Relay {
+            inner: Arc::new(Shared {
+                view: Mutex::default(),
+                cookie: Mutex::default(),
+                subscribers: Mutex::default(),
+                public,
+                cookie_name,
+                secret,
+                me,
+                service,
+                client,
+            }),
+        }
+    }
+
     pub fn view(&self) -> RelayView {
-        self.view.lock().map(|v| v.clone()).unwrap_or_default()
+        self.inner
+            .view
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     fn set(&self, mode: &'static str, hub: Option<String>, detail: String) {
-        if let Ok(mut v) = self.view.lock() {
+        if let Ok(mut v) = self.inner.view.lock() {
             *v = RelayView { mode, hub, detail };
         }
     }
 
     pub fn cookie(&self) -> Option<String> {
-        self.cookie.lock().ok().and_then(|c| c.clone())
+        self.inner.cookie.lock().ok().and_then(|c| c.clone())
     }
 
     fn set_cookie(&self, cookie: Option<String>) {
-        if let Ok(mut c) = self.cookie.lock() {
+        if let Ok(mut c) = self.inner.cookie.lock() {
             *c = cookie;
+        }
+    }
+
+    /// The secret that signs what crosses the public address, if relaying can be on.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.inner.secret.as_ref()
+    }
+
+    /// Counts a replica connected to this one as its hub, for as long as the guard lives.
+    pub fn subscribe(&self, id: String) -> Subscriber {
+        if let Ok(mut subs) = self.inner.subscribers.lock() {
+            *subs.entry(id.clone()).or_insert(0) += 1;
+        }
+        Subscriber {
+            relay: self.clone(),
+            id,
+        }
+    }
+
+    /// The replicas connected to this one as their hub.
+    pub fn subscribers(&self) -> Vec<String> {
+        self.inner
+            .subscribers
+            .lock()
+            .map(|subs| subs.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A replica connected to this one as its hub; uncounted when dropped.
+pub struct Subscriber {
+    relay: Relay,
+    id: String,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Ok(mut subs) = self.relay.inner.subscribers.lock()
+            && let Some(n) = subs.get_mut(&self.id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                subs.remove(&self.id);
+            }
         }
     }
 }
 
 /// Relay is needed when some replica exists (the registry says so) that does not answer
 /// directly.
-fn unreachable_peers(node: &Node) -> usize {
-    let claimed = node
-        .reports
-        .all()
-        .values()
-        .map(|r| r.claimed)
-        .max()
-        .unwrap_or(0);
-    let alive = node
-        .membership
+fn unreachable_peers(reports: &Reports, membership: &Membership) -> usize {
+    let claimed = reports.all().values().map(|r| r.claimed).max().unwrap_or(0);
+    let alive = membership
         .snapshot()
         .members
         .iter()
         .filter(|m| m.state == State::Alive)
         .count();
     claimed.saturating_sub(alive)
+}
+
+/// Waits between attempts to reach the hub: short at first (a hub appears within a second
+/// or so of being needed), doubling while attempts fail, so a public address that keeps
+/// failing is not hammered.
+struct Backoff(Duration);
+
+const FIRST_TRY: Duration = Duration::from_millis(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff(FIRST_TRY)
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.0 = FIRST_TRY;
+    }
 }
 
 /// Reads Server-Sent Events from a byte stream, bounded in memory.
@@ -110,43 +217,49 @@ impl SseReader {
     }
 }
 
-pub async fn run(node: Arc<Node>) {
-    let Some(public) = node.settings.public_url.clone() else {
-        node.relay.set(
+/// Keeps this replica connected to the agreed hub while some replica answers only through
+/// the load balancer; every signed message from the hub goes to `inbox`.
+pub async fn run(
+    relay: Relay,
+    store: Option<Store>,
+    inbox: Broadcaster,
+    reports: Reports,
+    membership: Membership,
+    http: reqwest::Client,
+) {
+    let Some(public) = relay.inner.public.clone() else {
+        relay.set(
             "direct",
             None,
             "PUBLIC_URL is not set: messages go directly to members".into(),
         );
         return;
     };
-    let Some(registry) = node.registry.clone() else {
-        node.relay.set(
+    let Some(registry) = store else {
+        relay.set(
             "direct",
             None,
             "relay needs the registry (DATABASE_URL) to agree on a hub".into(),
         );
         return;
     };
-    let Some(secret) = node.settings.proof_secret().cloned() else {
-        node.relay.set(
+    let Some(secret) = relay.secret().cloned() else {
+        relay.set(
             "direct",
             None,
             "relay needs CLUSTER_SECRET: what crosses the public address must be signed".into(),
         );
         return;
     };
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
-    let name = node.settings.affinity_cookie.clone();
-    let service = node.me.service().to_string();
+    let name = relay.inner.cookie_name.clone();
+    let me = relay.inner.me.clone();
+    let service = relay.inner.service.clone();
+    let mut retry = Backoff::default();
     loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if unreachable_peers(&node) == 0 {
-            node.relay.set(
+        tokio::time::sleep(retry.next()).await;
+        if unreachable_peers(&reports, &membership) == 0 {
+            retry.reset();
+            relay.set(
                 "direct",
                 None,
                 "every known replica answers directly".into(),
@@ -156,7 +269,7 @@ pub async fn run(node: Arc<Node>) {
         let stored = match registry.hub(&service).await {
             Ok(stored) => stored,
             Err(e) => {
-                node.relay.set(
+                relay.set(
                     "relay",
                     None,
                     format!("cannot read the hub from the registry: {e}"),
@@ -164,7 +277,7 @@ pub async fn run(node: Arc<Node>) {
                 continue;
             }
         };
-        let query = relay_auth::subscription_query(&secret, node.me.id());
+        let query = relay_auth::subscription_query(&secret, &me);
         let mut request = http.get(public.join(&format!("/api/relay?{query}")));
         if let Some((cookie, _)) = &stored {
             request = request.header("cookie", format!("{name}={cookie}"));
@@ -172,7 +285,7 @@ pub async fn run(node: Arc<Node>) {
         let response = match request.send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
-                node.relay.set(
+                relay.set(
                     "relay",
                     None,
                     format!("{} answered HTTP {}", public.join("/api/relay"), r.status()),
@@ -180,7 +293,7 @@ pub async fn run(node: Arc<Node>) {
                 continue;
             }
             Err(e) => {
-                node.relay.set(
+                relay.set(
                     "relay",
                     None,
                     format!("cannot reach {}: {e}", public.join("")),
@@ -208,7 +321,7 @@ pub async fn run(node: Arc<Node>) {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
         else {
-            node.relay.set(
+            relay.set(
                 "relay",
                 None,
                 "the public URL did not answer as a rollcall replica".into(),
@@ -222,7 +335,7 @@ pub async fn run(node: Arc<Node>) {
             }
             (Some(_), None) => Ok(stored.clone()),
             (None, None) => {
-                node.relay.set(
+                relay.set(
                     "relay",
                     None,
                     format!(
@@ -237,18 +350,18 @@ pub async fn run(node: Arc<Node>) {
             // Someone else recorded another hub first: connect to that one instead.
             Ok(_) => continue,
             Err(e) => {
-                node.relay
-                    .set("relay", None, format!("cannot record the hub: {e}"));
+                relay.set("relay", None, format!("cannot record the hub: {e}"));
                 continue;
             }
         };
-        node.relay.set_cookie(Some(cookie.clone()));
-        node.relay.set(
+        relay.set_cookie(Some(cookie.clone()));
+        relay.set(
             "relay",
             Some(hub.clone()),
             format!("through {} to hub {hub}", public.join("")),
         );
         tracing::info!(%hub, "relay connected");
+        retry.reset();
         let mut response = response;
         let mut reader = SseReader::default();
         while let Ok(Some(bytes)) = response.chunk().await {
@@ -263,36 +376,34 @@ pub async fn run(node: Arc<Node>) {
                     && let Ok(message) = serde_json::from_str::<Message>(&signed.message)
                     && message.plausible()
                 {
-                    node.broadcaster.deliver(message);
+                    inbox.deliver(message);
                 }
             }
         }
         tracing::warn!(%hub, "relay connection lost; agreeing on the next hub");
-        node.relay.set_cookie(None);
-        node.relay
-            .set("relay", None, format!("hub {hub} went away; reconnecting"));
+        relay.set_cookie(None);
+        relay.set("relay", None, format!("hub {hub} went away; reconnecting"));
         let _ = registry.release_hub(&service, &cookie).await;
     }
 }
 
 /// Sends a message through the hub; the instance ids it reached.
-pub async fn publish(node: &Node, message: &Message) -> Vec<String> {
-    let (Some(public), Some(cookie), Some(secret)) = (
-        &node.settings.public_url,
-        node.relay.cookie(),
-        node.settings.proof_secret(),
-    ) else {
+pub async fn publish(relay: &Relay, message: &Message) -> Vec<String> {
+    let shared = &relay.inner;
+    let (Some(public), Some(cookie), Some(secret)) =
+        (&shared.public, relay.cookie(), &shared.secret)
+    else {
         return Vec::new();
     };
     let Ok(json) = serde_json::to_string(message) else {
         return Vec::new();
     };
-    let headers = relay_auth::publish_headers(secret, node.me.id(), &json);
-    let sent = node
+    let headers = relay_auth::publish_headers(secret, &shared.me, &json);
+    let sent = shared
         .client
         .post_json(
             &public.join("/api/relay/publish"),
-            Some(&format!("{}={cookie}", node.settings.affinity_cookie)),
+            Some(&format!("{}={cookie}", shared.cookie_name)),
             json,
             &headers,
         )
@@ -333,5 +444,16 @@ mod tests {
             ]
         );
         assert!(r.feed(&vec![b'a'; MAX_EVENT + 1]).is_err());
+    }
+
+    #[test]
+    fn retries_back_off_to_a_cap_and_start_over() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        assert_eq!(waits[0], FIRST_TRY);
+        assert_eq!(waits[1], FIRST_TRY * 2);
+        assert_eq!(waits[7], MAX_BACKOFF);
+        b.reset();
+        assert_eq!(b.next(), FIRST_TRY);
     }
 }

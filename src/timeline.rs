@@ -3,13 +3,13 @@
 //! merged timeline without a request ever waiting on a peer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 
-use crate::app::Node;
-use crate::membership::State;
+use crate::client::PeerClient;
+use crate::membership::{Membership, State};
 use crate::wire::TimelineEvent;
 use crate::wire::{is_display_text, is_instance_id};
 
@@ -47,22 +47,23 @@ fn clip_text(s: &str, chars: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(chars).collect()
 }
 
-pub async fn run(node: Arc<Node>) {
+/// Other members' timelines, as last collected (instance id → events).
+#[derive(Clone, Default)]
+pub struct PeerTimelines(Arc<Mutex<HashMap<String, Vec<TimelineEvent>>>>);
+
+/// Collects the alive members' timelines every few seconds.
+pub async fn run(peers: PeerTimelines, membership: Membership, client: PeerClient) {
     loop {
         tokio::time::sleep(EVERY).await;
-        let snapshot = node.membership.snapshot();
+        let snapshot = membership.snapshot();
         let calls = snapshot
             .members
             .iter()
             .filter(|m| m.state == State::Alive)
             .map(|m| {
-                let node = node.clone();
+                let client = client.clone();
                 async move {
-                    let body = node
-                        .client
-                        .get(m.identity.addr, "/api/timeline")
-                        .await
-                        .ok()?;
+                    let body = client.get(m.identity.addr, "/api/timeline").await.ok()?;
                     let events: Vec<TimelineEvent> = serde_json::from_slice(&body).ok()?;
                     Some((m.identity.instance_id.clone(), events))
                 }
@@ -74,24 +75,22 @@ pub async fn run(node: Arc<Node>) {
             .flatten()
             .map(|(id, events)| (id, from_a_peer(events, now)))
             .collect();
-        if let Ok(mut peers) = node.peer_timelines.lock() {
-            *peers = gathered;
+        if let Ok(mut kept) = peers.0.lock() {
+            *kept = gathered;
         }
     }
 }
 
-/// This replica's events and the members' it last collected, newest last.
-pub fn merged(node: &Node) -> Vec<TimelineEvent> {
-    let mut all: Vec<TimelineEvent> = node
-        .membership
-        .timeline()
+/// This replica's events (seen by `me`) and the members' it last collected, newest last.
+pub fn merged(own: Vec<TimelineEvent>, me: &str, peers: &PeerTimelines) -> Vec<TimelineEvent> {
+    let mut all: Vec<TimelineEvent> = own
         .into_iter()
         .map(|mut e| {
-            e.by = Some(node.me.id().to_string());
+            e.by = Some(me.to_string());
             e
         })
         .collect();
-    if let Ok(peers) = node.peer_timelines.lock() {
+    if let Ok(peers) = peers.0.lock() {
         for (by, events) in peers.iter() {
             all.extend(events.iter().cloned().map(|mut e| {
                 e.by = Some(by.clone());

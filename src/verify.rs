@@ -5,9 +5,11 @@
 //! as somebody else is an alias (a load balancer or service IP); anything else is foreign.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use crate::app::Node;
-use crate::client::{CallError, Reply};
+use crate::client::{CallError, PeerClient, Reply};
+use crate::config::Secret;
+use crate::identity::Me;
 use crate::membership::MAX_MEMBERS;
 use crate::proof;
 use crate::wire::{Identity, is_display_text};
@@ -25,30 +27,60 @@ pub enum Verdict {
     Unreachable(String),
 }
 
-pub async fn verify(node: &Node, candidate: SocketAddr) -> Verdict {
-    judge(
-        candidate,
-        ask(node, candidate).await,
-        node.me.service(),
-        node.me.id(),
-        node.settings.proof_secret().is_some(),
-    )
+/// Asks addresses who they are, with proofs when CLUSTER_SECRET is set: the one way any
+/// stage (discovery, the prober, `/peer`) calls another replica's identity.
+#[derive(Clone)]
+pub struct Verifier {
+    client: PeerClient,
+    me: Arc<Me>,
+    secret: Option<Secret>,
 }
 
-/// Asks `addr` who it is. With CLUSTER_SECRET set, the answer must carry a valid proof
-/// for a fresh nonce, bound to us as challenger and to the address the identity names: a
-/// copied, replayed or relayed identity is refused (or, relayed unchanged, is an alias).
-pub async fn ask(node: &Node, addr: SocketAddr) -> Result<Reply, CallError> {
-    let Some(secret) = node.settings.proof_secret() else {
-        return node.client.identity(addr, None).await;
-    };
-    let nonce = proof::nonce();
-    let me = node.me.id();
-    let reply = node.client.identity(addr, Some((&nonce, me))).await?;
-    if proof::check(secret, &nonce, me, &reply.identity) {
-        Ok(reply)
-    } else {
-        Err(CallError::BadProof)
+impl Verifier {
+    /// `secret` is the usable secret (never the placeholder), if any.
+    pub fn new(client: PeerClient, me: Arc<Me>, secret: Option<Secret>) -> Verifier {
+        Verifier { client, me, secret }
+    }
+
+    pub fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    pub fn me(&self) -> &Arc<Me> {
+        &self.me
+    }
+
+    /// The secret proofs are made with, when membership is proven.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.secret.as_ref()
+    }
+
+    pub async fn verify(&self, candidate: SocketAddr) -> Verdict {
+        judge(
+            candidate,
+            self.ask(candidate).await,
+            self.me.service(),
+            self.me.id(),
+            self.secret.is_some(),
+        )
+    }
+
+    /// Asks `addr` who it is. With CLUSTER_SECRET set, the answer must carry a valid proof
+    /// for a fresh nonce, bound to us as challenger and to the address the identity names:
+    /// a copied, replayed or relayed identity is refused (or, relayed unchanged, is an
+    /// alias).
+    pub async fn ask(&self, addr: SocketAddr) -> Result<Reply, CallError> {
+        let Some(secret) = &self.secret else {
+            return self.client.identity(addr, None).await;
+        };
+        let nonce = proof::nonce();
+        let me = self.me.id();
+        let reply = self.client.identity(addr, Some((&nonce, me))).await?;
+        if proof::check(secret, &nonce, me, &reply.identity) {
+            Ok(reply)
+        } else {
+            Err(CallError::BadProof)
+        }
     }
 }
 

@@ -639,7 +639,8 @@ async fn kubernetes_manifest_matches_the_program() {
     let drain = Cli::try_parse_from(["rollcall"])
         .expect("defaults")
         .settings
-        .drain_secs;
+        .drain
+        .as_secs();
     assert!(
         grace >= drain + 2 + rollcall::drain::CLOSE_DEADLINE.as_secs(),
         "grace {grace} s"

@@ -17,10 +17,13 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 
-use super::{Candidate, Evidence, Report, SETTLE, classify};
-use crate::app::Node;
+use super::candidate::Candidate;
+use super::report::{Evidence, Report, classify};
+use super::source::{Round, Source};
 use crate::config::{DnsNames, Settings, is_dns_name};
 use crate::identity::{Env, Me};
+use crate::membership::Snapshot;
+use crate::metrics::Metrics;
 use crate::wire::Method;
 
 /// How often names are resolved again.
@@ -133,81 +136,95 @@ pub async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Vec<IpAddr>,
     }
 }
 
-pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>, hostname: Option<String>) {
-    let plan = plan(
-        &node.settings,
-        &node.me,
-        hostname,
-        &crate::identity::process_env,
-    )
-    .and_then(|plan| {
-        resolver
-            .map(|r| (plan, r))
-            .ok_or_else(|| "no DNS resolver available".into())
-    });
-    let (plan, resolver) = match plan {
-        Ok(found) => found,
-        Err(why) => {
-            node.reports.set(
-                Method::Dns,
-                Report {
-                    off: Some(why),
-                    ..Report::default()
-                },
-            );
-            return;
-        }
-    };
-    let server = node
-        .settings
-        .dns_server
-        .map_or("the system resolver".to_string(), |s| s.to_string());
-    let port = node.settings.port;
-    node.reports.set(
-        Method::Dns,
-        Report {
-            detail: format!("first lookups via {server} under way"),
-            ..Report::default()
-        },
-    );
-    loop {
-        let started = Instant::now();
-        let names: Vec<(&String, bool)> = plan
+/// The DNS method: its names, the resolver that asks, the port replicas listen on.
+pub struct Dns {
+    plan: Plan,
+    resolver: Arc<TokioResolver>,
+    /// Where the answers come from, for the report.
+    server: String,
+    port: u16,
+    me: SocketAddr,
+    metrics: Metrics,
+}
+
+/// One round's names and answers.
+pub struct Answers {
+    names: Vec<(String, bool)>,
+    answers: Vec<Result<Vec<IpAddr>, String>>,
+}
+
+impl Dns {
+    pub fn new(
+        settings: &Settings,
+        me: &Me,
+        hostname: Option<String>,
+        resolver: Option<Arc<TokioResolver>>,
+        metrics: Metrics,
+    ) -> Result<Dns, String> {
+        let plan = plan(settings, me, hostname, &crate::identity::process_env)?;
+        let resolver = resolver.ok_or("no DNS resolver available")?;
+        Ok(Dns {
+            plan,
+            resolver,
+            server: settings
+                .dns_server
+                .map_or("the system resolver".to_string(), |s| s.to_string()),
+            port: settings.port,
+            me: me.addr(),
+            metrics,
+        })
+    }
+}
+
+impl Source for Dns {
+    type Found = Answers;
+    const METHOD: Method = Method::Dns;
+
+    fn starting(&self) -> Option<String> {
+        Some(format!("first lookups via {} under way", self.server))
+    }
+
+    async fn gather(&mut self) -> Round<Answers> {
+        // Lists first, then per-replica probes (`false`: shown as such in the report).
+        let names: Vec<(String, bool)> = self
+            .plan
             .lists
             .iter()
-            .map(|n| (n, true))
-            .chain(plan.probes.iter().map(|n| (n, false)))
+            .map(|n| (n.clone(), true))
+            .chain(self.plan.probes.iter().map(|n| (n.clone(), false)))
             .collect();
-        let answers = join_all(names.iter().map(|(name, _)| lookup(&resolver, name))).await;
-        node.metrics
-            .dns_lookups
-            .fetch_add(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let duration = started.elapsed();
-        for ips in answers.iter().flatten() {
-            for ip in ips {
-                let candidate = Candidate::new(SocketAddr::new(*ip, port), Method::Dns);
-                if node.candidates.send(candidate).await.is_err() {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(SETTLE).await;
-        let snapshot = node.membership.snapshot();
-        let evidence: Vec<Evidence> = names
+        let answers = join_all(names.iter().map(|(name, _)| lookup(&self.resolver, name))).await;
+        self.metrics.dns_lookups(names.len() as u64);
+        let candidates = answers
             .iter()
-            .zip(&answers)
+            .flatten()
+            .flatten()
+            .map(|ip| Candidate::new(SocketAddr::new(*ip, self.port), Method::Dns))
+            .collect();
+        Round {
+            candidates,
+            found: Answers { names, answers },
+        }
+    }
+
+    fn judge(&mut self, found: Answers, snapshot: &Snapshot, took: Duration) -> Report {
+        let evidence: Vec<Evidence> = found
+            .names
+            .iter()
+            .zip(&found.answers)
             .map(|((name, is_list), answer)| {
                 let subject = if *is_list {
-                    (*name).clone()
+                    name.clone()
                 } else {
                     format!("{name} (per-replica name)")
                 };
                 let (status, detail) = match answer {
                     Ok(ips) => {
-                        let addrs: Vec<SocketAddr> =
-                            ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
-                        let (status, detail) = classify(&addrs, &snapshot, node.me.addr());
-                        (status, detail)
+                        let addrs: Vec<SocketAddr> = ips
+                            .iter()
+                            .map(|ip| SocketAddr::new(*ip, self.port))
+                            .collect();
+                        classify(&addrs, snapshot, self.me)
                     }
                     Err(why) => ("fails", why.clone()),
                 };
@@ -222,26 +239,27 @@ pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>, hostname
             .iter()
             .filter(|e| e.status == "works" && !e.subject.ends_with(')'))
             .count();
-        node.reports.set(
-            Method::Dns,
-            Report {
-                last_run: Some(Instant::now()),
-                duration: Some(duration),
-                detail: format!(
-                    "{} name(s) and {} per-replica probe(s) via {server} every {} s; {}",
-                    plan.lists.len(),
-                    plan.probes.len(),
-                    INTERVAL.as_secs(),
-                    match listing {
-                        0 => "no name lists the replicas".to_string(),
-                        n => format!("{n} name(s) list the replicas"),
-                    }
-                ),
-                evidence,
-                ..Report::default()
-            },
-        );
-        tokio::time::sleep(INTERVAL.saturating_sub(started.elapsed())).await;
+        Report {
+            last_run: Some(Instant::now()),
+            duration: Some(took),
+            detail: format!(
+                "{} name(s) and {} per-replica probe(s) via {} every {} s; {}",
+                self.plan.lists.len(),
+                self.plan.probes.len(),
+                self.server,
+                INTERVAL.as_secs(),
+                match listing {
+                    0 => "no name lists the replicas".to_string(),
+                    n => format!("{n} name(s) list the replicas"),
+                }
+            ),
+            evidence,
+            ..Report::default()
+        }
+    }
+
+    fn pause(&mut self, took: Duration) -> Duration {
+        INTERVAL.saturating_sub(took)
     }
 }
 

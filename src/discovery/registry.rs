@@ -1,4 +1,4 @@
-//! The registry source: replicas meet in a shared database (JDBC_PING done right).
+//! The registry method: replicas meet in a shared database (JDBC_PING done right).
 //!
 //! Each replica upserts its row every `REGISTRY_HEARTBEAT_SECS`, stamped by the
 //! database's clock; rows older than `REGISTRY_TTL_SECS` are ignored and deleted by any
@@ -12,307 +12,107 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
-use super::{Candidate, Evidence, Report, SETTLE};
-use crate::app::Node;
-use crate::config::{Database, DatabaseUrl};
-use crate::membership::State;
-use crate::wire::Identity;
+use super::candidate::Candidate;
+use super::report::{Evidence, Report};
+use super::source::{Round, SETTLE, Source};
+use crate::identity::Me;
+use crate::membership::{Membership, Snapshot, State};
+use crate::metrics::Metrics;
+use crate::store::{Backend, Claim, Store, StoreError};
 use crate::wire::Method;
 
-/// The LISTEN/NOTIFY channel; the payload is the service name.
-const CHANNEL: &str = "rollcall_members";
-/// Rows read per cycle at most: a registry full of junk must not grow memory.
-const MAX_ROWS: i64 = 1000;
-/// A row a replica could have written: anything longer is junk, never read into memory
-/// (one 20 MB row would otherwise cost every replica that much each cycle), and deleted.
-const SANE_ROW: &str = "length(instance_id) <= 64 AND length(name) <= 253 \
-                        AND length(addr) <= 64 AND length(version) <= 64 AND length(started_at) <= 64";
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RegistryError(String);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    /// The database's clock in epoch milliseconds: replicas' clocks may disagree.
-    fn now_ms(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-        }
-    }
-
-    fn reach(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "SQLite, local to this machine",
-            Backend::Postgres => "PostgreSQL, shared",
-        }
-    }
-}
-
-/// A row as read, with its age by the database's clock.
-#[derive(Debug, Clone)]
-struct Claim {
-    instance_id: String,
-    name: String,
-    addr: String,
-    age_ms: i64,
-}
-
+/// The registry method: heartbeats into the store and reads everyone's rows.
 pub struct Registry {
-    pool: AnyPool,
-    backend: Backend,
-    url: DatabaseUrl,
+    store: Store,
+    me: Arc<Me>,
     heartbeat: Duration,
     ttl: Duration,
     /// Rung by LISTEN/NOTIFY: read the rows now rather than at the next heartbeat.
-    wake: Notify,
+    wake: Arc<Notify>,
+    migrated: bool,
+    failing: bool,
+    last_heartbeat: Option<Instant>,
+    /// Where "unreachable" and "reachable again" go on the timeline.
+    membership: Membership,
+    metrics: Metrics,
 }
 
+/// One heartbeat's rows and how many stale ones it deleted, or why it failed.
+pub type Heartbeat = Result<(Vec<Claim>, u64), StoreError>;
+
 impl Registry {
-    /// No I/O happens here: connections are made lazily, so a database that is down at
-    /// start-up does not stop the replica from serving.
-    pub fn new(database: &Database, heartbeat: Duration, ttl: Duration) -> Option<Arc<Registry>> {
-        let (backend, url) = match database {
-            Database::Off => return None,
-            Database::Sqlite(url) => (Backend::Sqlite, url.clone()),
-            Database::Postgres(url) => (Backend::Postgres, url.clone()),
-        };
-        sqlx::any::install_default_drivers();
-        let options = AnyPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(2))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    if conn.backend_name() == "SQLite" {
-                        // Several replicas on one host write the same file.
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 2000")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            });
-        let connect_url = match backend {
-            Backend::Sqlite if !url.secret().contains("mode=") => {
-                let sep = if url.secret().contains('?') { '&' } else { '?' };
-                format!("{}{sep}mode=rwc", url.secret())
-            }
-            _ => url.secret().to_string(),
-        };
-        let pool = match options.connect_lazy(&connect_url) {
-            Ok(pool) => pool,
-            Err(e) => {
-                tracing::error!(error = %url.scrub(&e.to_string()), "registry disabled");
-                return None;
-            }
-        };
-        Some(Arc::new(Registry {
-            pool,
-            backend,
-            url,
+    /// Starts listening for other replicas' arrivals (PostgreSQL); `None` store is off.
+    pub fn new(
+        store: Option<Store>,
+        me: Arc<Me>,
+        heartbeat: Duration,
+        ttl: Duration,
+        membership: Membership,
+        metrics: Metrics,
+    ) -> Result<Registry, String> {
+        let store = store.ok_or("DATABASE_URL=off")?;
+        let wake = Arc::new(Notify::new());
+        if store.backend() == Backend::Postgres {
+            tokio::spawn(
+                store
+                    .clone()
+                    .listen(me.service().to_string(), wake.clone(), heartbeat),
+            );
+        }
+        Ok(Registry {
+            store,
+            me,
             heartbeat,
             ttl,
-            wake: Notify::new(),
-        }))
-    }
-
-    /// Where the registry is, for the report (password masked).
-    fn place(&self) -> String {
-        format!("{} ({})", self.url, self.backend.reach())
-    }
-
-    fn error(&self, e: impl std::fmt::Display) -> RegistryError {
-        RegistryError(self.url.scrub(&e.to_string()))
-    }
-
-    /// Heartbeats, reads and cleans until the process ends.
-    pub async fn run(self: Arc<Self>, node: Arc<Node>) {
-        if self.backend == Backend::Postgres {
-            tokio::spawn(self.clone().listen(node.me.service().to_string()));
-        }
-        node.reports.set(
-            Method::Registry,
-            Report {
-                detail: format!("{}: connecting", self.place()),
-                ..Report::default()
-            },
-        );
-        let mut migrated = false;
-        let mut failing = false;
-        let mut last_heartbeat: Option<Instant> = None;
-        loop {
-            let started = Instant::now();
-            let outcome = async {
-                if !migrated {
-                    MIGRATOR.run(&self.pool).await.map_err(|e| self.error(e))?;
-                    migrated = true;
-                }
-                self.cycle(&node.me.identity()).await
-            }
-            .await;
-            let report = match outcome {
-                Ok((claims, removed)) => {
-                    if failing {
-                        node.membership.note("registry", "reachable again".into());
-                    }
-                    failing = false;
-                    last_heartbeat = Some(Instant::now());
-                    self.offer(&node, &claims).await;
-                    // Judge the claims once verification had its chance.
-                    tokio::time::sleep(SETTLE.min(self.heartbeat / 2)).await;
-                    self.report(&node, &claims, removed, started)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "registry unavailable");
-                    if !failing {
-                        node.membership.note("registry", e.to_string());
-                        node.metrics
-                            .registry_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    failing = true;
-                    Report {
-                        last_run: Some(Instant::now()),
-                        duration: Some(started.elapsed()),
-                        detail: format!(
-                            "{}: {e}{}",
-                            self.place(),
-                            last_heartbeat.map_or(String::new(), |t| format!(
-                                "; last good heartbeat {} s ago",
-                                t.elapsed().as_secs()
-                            ))
-                        ),
-                        failed: true,
-                        ..Report::default()
-                    }
-                }
-            };
-            node.reports.set(Method::Registry, report);
-            tokio::select! {
-                _ = tokio::time::sleep(self.heartbeat.saturating_sub(started.elapsed())) => {}
-                _ = self.wake.notified() => {}
-            }
-        }
-    }
-
-    /// One heartbeat: refresh our row, read everyone's, delete the stale ones.
-    async fn cycle(&self, me: &Identity) -> Result<(Vec<Claim>, u64), RegistryError> {
-        let now = self.backend.now_ms();
-        // Both statements take our row's fields as $1..$6, in table order.
-        let with_row = |sql: String| {
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(&me.service)
-                .bind(&me.instance_id)
-                .bind(&me.name)
-                .bind(me.addr.to_string())
-                .bind(&me.version)
-                .bind(&me.started_at)
-        };
-        let refreshed = with_row(format!(
-            "UPDATE rollcall_members SET name = $3, addr = $4, version = $5, started_at = $6, \
-             last_seen = {now} WHERE service = $1 AND instance_id = $2"
-        ))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.error(e))?;
-        if refreshed.rows_affected() == 0 {
-            // New here (or our row was deleted while we could not reach the database).
-            with_row(format!(
-                "INSERT INTO rollcall_members \
-                 (service, instance_id, name, addr, version, started_at, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, {now}) \
-                 ON CONFLICT (service, instance_id) DO UPDATE SET last_seen = excluded.last_seen"
-            ))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error(e))?;
-            self.notify(&me.service).await;
-        }
-
-        let rows: Vec<AnyRow> = sqlx::query(AssertSqlSafe(format!(
-            "SELECT instance_id, name, addr, {now} - last_seen AS age_ms FROM rollcall_members \
-             WHERE service = $1 AND last_seen <= {now} AND {SANE_ROW} \
-             ORDER BY last_seen DESC LIMIT {MAX_ROWS}"
-        )))
-        .bind(&me.service)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.error(e))?;
-        let claims = rows
-            .iter()
-            .filter_map(|row| {
-                Some(Claim {
-                    instance_id: row.try_get("instance_id").ok()?,
-                    name: row.try_get("name").ok()?,
-                    addr: row.try_get("addr").ok()?,
-                    age_ms: row.try_get("age_ms").ok()?,
-                })
-            })
-            .collect();
-
-        let removed = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM rollcall_members WHERE service = $1 \
-             AND (last_seen < {now} - $2 OR last_seen > {now} + $2 OR NOT ({SANE_ROW}))"
-        )))
-        .bind(&me.service)
-        .bind(self.ttl_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.error(e))?
-        .rows_affected();
-        Ok((claims, removed))
-    }
-
-    fn ttl_ms(&self) -> i64 {
-        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+            wake,
+            migrated: false,
+            failing: false,
+            last_heartbeat: None,
+            membership,
+            metrics,
+        })
     }
 
     fn is_fresh(&self, claim: &Claim) -> bool {
-        claim.age_ms <= self.ttl_ms()
+        i64::try_from(self.ttl.as_millis()).is_ok_and(|ttl| claim.age_ms <= ttl)
+    }
+
+    async fn beat(&mut self) -> Heartbeat {
+        if !self.migrated {
+            self.store.migrate().await?;
+            self.migrated = true;
+        }
+        self.store.heartbeat(&self.me.identity(), self.ttl).await
     }
 
     /// Fresh rows of other replicas become candidates, each naming the instance it claims.
-    async fn offer(&self, node: &Node, claims: &[Claim]) {
-        for claim in claims {
-            if claim.instance_id == node.me.id() || !self.is_fresh(claim) {
-                continue;
-            }
-            let Ok(addr) = claim.addr.parse::<SocketAddr>() else {
-                continue;
-            };
-            let candidate = Candidate {
-                addr,
-                method: Method::Registry,
-                expect: Some(claim.instance_id.clone()),
-            };
-            if node.candidates.send(candidate).await.is_err() {
-                return;
-            }
-        }
+    fn offer(&self, claims: &[Claim]) -> Vec<Candidate> {
+        claims
+            .iter()
+            .filter(|claim| claim.instance_id != self.me.id() && self.is_fresh(claim))
+            .filter_map(|claim| {
+                Some(Candidate {
+                    addr: claim.addr.parse::<SocketAddr>().ok()?,
+                    method: Method::Registry,
+                    expect: Some(claim.instance_id.clone()),
+                })
+            })
+            .collect()
     }
 
-    fn report(&self, node: &Node, claims: &[Claim], removed: u64, started: Instant) -> Report {
-        let snapshot = node.membership.snapshot();
+    fn report(
+        &self,
+        claims: &[Claim],
+        removed: u64,
+        snapshot: &Snapshot,
+        took: Duration,
+    ) -> Report {
         let stale = claims.iter().filter(|c| !self.is_fresh(c)).count();
         let others = claims
             .iter()
-            .filter(|c| self.is_fresh(c) && c.instance_id != node.me.id())
+            .filter(|c| self.is_fresh(c) && c.instance_id != self.me.id())
             .count();
         let evidence = claims
             .iter()
@@ -328,7 +128,7 @@ impl Registry {
                     .is_some_and(|m| m.state == State::Alive);
                 let (status, detail) = match (self.is_fresh(c), verified) {
                     (false, _) => ("fails", format!("stale ({age} old): ignored and deleted")),
-                    _ if c.instance_id == node.me.id() => {
+                    _ if c.instance_id == self.me.id() => {
                         ("works", format!("this replica; heartbeat {age} ago"))
                     }
                     (true, true) => ("works", format!("heartbeat {age} ago; answers directly")),
@@ -346,14 +146,14 @@ impl Registry {
             .collect();
         Report {
             last_run: Some(Instant::now()),
-            duration: Some(started.elapsed()),
+            duration: Some(took),
             detail: format!(
                 "{}: {} rows ({stale} stale, {removed} deleted); heartbeat every {} s, TTL {} s{}",
-                self.place(),
+                self.store.place(),
                 claims.len(),
                 self.heartbeat.as_secs(),
                 self.ttl.as_secs(),
-                if self.backend == Backend::Postgres {
+                if self.store.backend() == Backend::Postgres {
                     "; LISTEN/NOTIFY on"
                 } else {
                     ""
@@ -365,112 +165,75 @@ impl Registry {
         }
     }
 
-    async fn notify(&self, service: &str) {
-        if self.backend != Backend::Postgres {
-            return;
+    fn unavailable(&mut self, e: &StoreError, took: Duration) -> Report {
+        tracing::warn!(error = %e, "registry unavailable");
+        if !self.failing {
+            self.membership.note("registry", e.to_string());
+            self.metrics.registry_error();
         }
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(service)
-            .execute(&self.pool)
-            .await;
-        if let Err(e) = sent {
-            tracing::debug!(error = %self.error(e), "NOTIFY failed; peers will see us at their next heartbeat");
-        }
-    }
-
-    /// Wakes the heartbeat loop whenever another replica of this service arrives or leaves.
-    /// Notifications sent while disconnected are lost, so every reconnect also wakes it.
-    async fn listen(self: Arc<Self>, service: String) {
-        loop {
-            match sqlx::postgres::PgListener::connect(self.url.secret()).await {
-                Ok(mut listener) => {
-                    if let Err(e) = listener.listen(CHANNEL).await {
-                        tracing::debug!(error = %self.error(e), "LISTEN failed");
-                    } else {
-                        self.wake.notify_one();
-                        loop {
-                            match listener.try_recv().await {
-                                Ok(Some(n)) if n.payload() == service => self.wake.notify_one(),
-                                Ok(Some(_)) => {}
-                                Ok(None) => self.wake.notify_one(),
-                                Err(e) => {
-                                    tracing::debug!(error = %self.error(e), "LISTEN connection lost");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %self.error(e), "LISTEN connect failed"),
-            }
-            tokio::time::sleep(self.heartbeat).await;
-        }
-    }
-
-    /// The relay hub every replica of `service` should connect to: (cookie, hub instance).
-    pub async fn hub(&self, service: &str) -> Result<Option<(String, String)>, RegistryError> {
-        let row: Option<AnyRow> =
-            sqlx::query("SELECT cookie, hub FROM rollcall_hub WHERE service = $1")
-                .bind(service)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.error(e))?;
-        Ok(row.and_then(|r| Some((r.try_get("cookie").ok()?, r.try_get("hub").ok()?))))
-    }
-
-    /// Records `cookie` as the hub's unless another replica recorded one first (or, with
-    /// `replacing`, unless the stored cookie is no longer that one); returns the hub to use.
-    pub async fn claim_hub(
-        &self,
-        service: &str,
-        cookie: &str,
-        hub: &str,
-        replacing: Option<&str>,
-    ) -> Result<Option<(String, String)>, RegistryError> {
-        let now = self.backend.now_ms();
-        let sql = match replacing {
-            Some(_) => format!(
-                "UPDATE rollcall_hub SET cookie = $2, hub = $3, updated = {now} WHERE service = $1 AND cookie = $4"
+        self.failing = true;
+        Report {
+            last_run: Some(Instant::now()),
+            duration: Some(took),
+            detail: format!(
+                "{}: {e}{}",
+                self.store.place(),
+                self.last_heartbeat.map_or(String::new(), |t| format!(
+                    "; last good heartbeat {} s ago",
+                    t.elapsed().as_secs()
+                ))
             ),
-            None => format!(
-                "INSERT INTO rollcall_hub (service, cookie, hub, updated) VALUES ($1, $2, $3, {now}) \
-                 ON CONFLICT (service) DO NOTHING"
-            ),
+            failed: true,
+            ..Report::default()
+        }
+    }
+}
+
+impl Source for Registry {
+    type Found = Heartbeat;
+    const METHOD: Method = Method::Registry;
+
+    fn starting(&self) -> Option<String> {
+        Some(format!("{}: connecting", self.store.place()))
+    }
+
+    async fn gather(&mut self) -> Round<Heartbeat> {
+        let found = self.beat().await;
+        let candidates = match &found {
+            Ok((claims, _)) => self.offer(claims),
+            Err(_) => Vec::new(),
         };
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(service)
-            .bind(cookie)
-            .bind(hub)
-            .bind(replacing.unwrap_or_default())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error(e))?;
-        self.hub(service).await
+        Round { candidates, found }
     }
 
-    /// Forgets a hub whose cookie stopped working, so the next one can be agreed on.
-    pub async fn release_hub(&self, service: &str, cookie: &str) -> Result<(), RegistryError> {
-        sqlx::query("DELETE FROM rollcall_hub WHERE service = $1 AND cookie = $2")
-            .bind(service)
-            .bind(cookie)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(())
-    }
-
-    /// Deletes our row on graceful shutdown, so peers need not wait for the TTL.
-    pub async fn deregister(&self, me: &Identity) {
-        let deleted =
-            sqlx::query("DELETE FROM rollcall_members WHERE service = $1 AND instance_id = $2")
-                .bind(&me.service)
-                .bind(&me.instance_id)
-                .execute(&self.pool)
-                .await;
-        match deleted {
-            Ok(_) => self.notify(&me.service).await,
-            Err(e) => tracing::warn!(error = %self.error(e), "could not delete our registry row"),
+    /// Claims are judged once verification had its chance; a failure at once.
+    fn settle(&self, found: &Heartbeat) -> Duration {
+        match found {
+            Ok(_) => SETTLE.min(self.heartbeat / 2),
+            Err(_) => Duration::ZERO,
         }
+    }
+
+    fn judge(&mut self, found: Heartbeat, snapshot: &Snapshot, took: Duration) -> Report {
+        match found {
+            Ok((claims, removed)) => {
+                if self.failing {
+                    self.membership.note("registry", "reachable again".into());
+                }
+                self.failing = false;
+                self.last_heartbeat = Some(Instant::now());
+                self.report(&claims, removed, snapshot, took)
+            }
+            Err(e) => self.unavailable(&e, took),
+        }
+    }
+
+    fn pause(&mut self, took: Duration) -> Duration {
+        self.heartbeat.saturating_sub(took)
+    }
+
+    fn wake(&self) -> impl std::future::Future<Output = ()> + Send {
+        let wake = self.wake.clone();
+        async move { wake.notified().await }
     }
 }

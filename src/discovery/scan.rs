@@ -5,17 +5,19 @@
 //! where the settings do, or where the `auto` rule says scanning is safe and useful.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use ipnet::Ipv4Net;
 use tokio::net::TcpStream;
 
-use super::{Candidate, Report};
-use crate::app::Node;
-use crate::config::ScanCidrs;
-use crate::identity::Platform;
+use super::candidate::Candidate;
+use super::report::Report;
+use super::source::{Round, Source};
+use crate::config::{ScanCidrs, Settings};
+use crate::identity::{Me, Platform};
+use crate::membership::Snapshot;
+use crate::metrics::Metrics;
 use crate::wire::Method;
 
 /// How many /24s of its /16 a platform replica scans: App Platform put three pods on
@@ -126,83 +128,100 @@ pub async fn scan_once(
         .await
 }
 
-/// Scans every `SCAN_INTERVAL_SECS` until the process ends.
-pub async fn run(node: Arc<Node>, concurrency: usize) {
-    let settings = &node.settings;
-    let ports = settings.scan_ports();
-    let nets = match plan(&settings.scan_cidrs, node.me.addr().ip(), &node.me.platform) {
-        Ok(nets) => nets,
-        Err(why) => {
-            tracing::info!(%why, "subnet scan off");
-            node.reports.set(
-                Method::Scan,
-                Report {
-                    off: Some(why),
-                    ..Report::default()
-                },
-            );
-            return;
-        }
-    };
-    let total = target_count(&nets, &ports);
-    let ranges = describe(&nets);
-    match ports.as_slice() {
-        [port] => tracing::info!(%ranges, port, addresses = total, "subnet scan planned"),
-        _ => {
-            let ports = ports
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            tracing::info!(%ranges, %ports, addresses = total, "subnet scan planned");
-        }
-    }
-    let me = node.me.addr();
-    let timeout = Duration::from_millis(settings.scan_timeout_ms);
-    let interval = Duration::from_secs(settings.scan_interval_secs);
-    let mut pauses = EARLY_RESCANS
-        .iter()
-        .map(|&s| Duration::from_secs(s).min(interval));
-    let mut first = true;
-    loop {
-        // Replicas that start together may each scan before the others listen: look again
-        // soon after start-up, then settle into the interval.
-        if !first {
-            tokio::time::sleep(pauses.next().unwrap_or(interval)).await;
-        }
-        first = false;
-        let started = Instant::now();
-        let hits = scan_once(
-            targets(&nets, &ports).filter(|a| *a != me),
+/// The scan method: its plan, and where it is in its early rescans.
+pub struct Scan {
+    nets: Vec<Ipv4Net>,
+    ports: Vec<u16>,
+    me: SocketAddr,
+    concurrency: usize,
+    timeout: Duration,
+    interval: Duration,
+    /// Replicas that start together may each scan before the others listen: look again
+    /// soon after start-up, then settle into the interval.
+    early: std::slice::Iter<'static, u64>,
+    metrics: Metrics,
+}
+
+impl Scan {
+    /// The scan these settings plan, or why there is none.
+    pub fn new(
+        settings: &Settings,
+        me: &Me,
+        concurrency: usize,
+        metrics: Metrics,
+    ) -> Result<Scan, String> {
+        let nets = plan(&settings.scan_cidrs, me.addr().ip(), &me.platform)?;
+        let ports = settings.scan_ports();
+        let scan = Scan {
+            nets,
+            ports,
+            me: me.addr(),
             concurrency,
-            timeout,
+            timeout: settings.scan_timeout,
+            interval: settings.scan_interval,
+            early: EARLY_RESCANS.iter(),
+            metrics,
+        };
+        tracing::info!(
+            ranges = %describe(&scan.nets),
+            ports = %join(&scan.ports),
+            addresses = scan.total(),
+            "subnet scan planned"
+        );
+        Ok(scan)
+    }
+
+    fn total(&self) -> u64 {
+        target_count(&self.nets, &self.ports)
+    }
+}
+
+impl Source for Scan {
+    /// The addresses that accepted a connection.
+    type Found = usize;
+    const METHOD: Method = Method::Scan;
+
+    async fn gather(&mut self) -> Round<usize> {
+        let me = self.me;
+        let hits = scan_once(
+            targets(&self.nets, &self.ports).filter(|a| *a != me),
+            self.concurrency,
+            self.timeout,
         )
         .await;
-        let duration = started.elapsed();
-        node.metrics.scan(duration, total);
-        node.reports.set(
-            Method::Scan,
-            Report {
-                last_run: Some(Instant::now()),
-                duration: Some(duration),
-                detail: format!(
-                    "{total} addresses in {ranges} on port {}: {} accepted a connection",
-                    join(&ports),
-                    hits.len()
-                ),
-                ..Report::default()
-            },
-        );
-        for addr in hits {
-            if node
-                .candidates
-                .send(Candidate::new(addr, Method::Scan))
-                .await
-                .is_err()
-            {
-                return;
-            }
+        Round {
+            found: hits.len(),
+            candidates: hits
+                .into_iter()
+                .map(|addr| Candidate::new(addr, Method::Scan))
+                .collect(),
         }
+    }
+
+    /// A connect is the whole finding: nothing to wait for.
+    fn settle(&self, _: &usize) -> Duration {
+        Duration::ZERO
+    }
+
+    fn judge(&mut self, hits: usize, _: &Snapshot, took: Duration) -> Report {
+        let total = self.total();
+        self.metrics.scan(took, total);
+        Report {
+            last_run: Some(Instant::now()),
+            duration: Some(took),
+            detail: format!(
+                "{total} addresses in {} on port {}: {hits} accepted a connection",
+                describe(&self.nets),
+                join(&self.ports),
+            ),
+            ..Report::default()
+        }
+    }
+
+    fn pause(&mut self, _took: Duration) -> Duration {
+        self.early.next().map_or(self.interval, |&s| {
+            Duration::from_secs(s).min(self.interval)
+        })
     }
 }
 

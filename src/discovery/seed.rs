@@ -3,14 +3,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use hickory_resolver::TokioResolver;
 
-use super::{Candidate, Evidence, Report, SETTLE, classify, dns};
-use crate::app::Node;
-use crate::config::SeedPeer;
+use super::candidate::Candidate;
+use super::dns;
+use super::report::{Evidence, Report, classify};
+use super::source::{Round, Source};
+use crate::config::{SeedPeer, SeedPeers};
+use crate::membership::Snapshot;
 use crate::wire::Method;
 
 async fn resolve(
@@ -28,42 +31,56 @@ async fn resolve(
         .collect())
 }
 
-pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>) {
-    let Some(seeds) = node.settings.seed_peers.clone() else {
-        node.reports.set(
-            Method::Seed,
-            Report {
-                off: Some("SEED_PEERS is not set".into()),
-                ..Report::default()
-            },
-        );
-        return;
-    };
-    let seeds = seeds.0;
-    loop {
-        let started = Instant::now();
-        let resolved = join_all(seeds.iter().map(|s| resolve(s, resolver.as_deref()))).await;
-        for addrs in resolved.iter().flatten() {
-            for addr in addrs {
-                if node
-                    .candidates
-                    .send(Candidate::new(*addr, Method::Seed))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+/// The seed method: the operator's list, and a resolver for its host names.
+pub struct Seed {
+    seeds: Vec<SeedPeer>,
+    resolver: Option<Arc<TokioResolver>>,
+    me: SocketAddr,
+}
+
+impl Seed {
+    pub fn new(
+        seeds: Option<&SeedPeers>,
+        resolver: Option<Arc<TokioResolver>>,
+        me: SocketAddr,
+    ) -> Result<Seed, String> {
+        let seeds = seeds.ok_or("SEED_PEERS is not set")?.0.clone();
+        Ok(Seed {
+            seeds,
+            resolver,
+            me,
+        })
+    }
+}
+
+impl Source for Seed {
+    /// Each seed's addresses, or why it has none.
+    type Found = Vec<Result<Vec<SocketAddr>, String>>;
+    const METHOD: Method = Method::Seed;
+
+    async fn gather(&mut self) -> Round<Self::Found> {
+        let resolver = self.resolver.as_deref();
+        let resolved = join_all(self.seeds.iter().map(|s| resolve(s, resolver))).await;
+        let candidates = resolved
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|addr| Candidate::new(*addr, Method::Seed))
+            .collect();
+        Round {
+            candidates,
+            found: resolved,
         }
-        let duration = started.elapsed();
-        tokio::time::sleep(SETTLE).await;
-        let snapshot = node.membership.snapshot();
-        let evidence = seeds
+    }
+
+    fn judge(&mut self, resolved: Self::Found, snapshot: &Snapshot, took: Duration) -> Report {
+        let evidence = self
+            .seeds
             .iter()
             .zip(&resolved)
             .map(|(seed, addrs)| {
                 let (status, detail) = match addrs {
-                    Ok(addrs) => classify(addrs, &snapshot, node.me.addr()),
+                    Ok(addrs) => classify(addrs, snapshot, self.me),
                     Err(why) => ("fails", why.clone()),
                 };
                 Evidence {
@@ -73,20 +90,20 @@ pub async fn run(node: Arc<Node>, resolver: Option<Arc<TokioResolver>>) {
                 }
             })
             .collect();
-        node.reports.set(
-            Method::Seed,
-            Report {
-                last_run: Some(Instant::now()),
-                duration: Some(duration),
-                detail: format!(
-                    "{} seed(s) from SEED_PEERS, tried every {} s",
-                    seeds.len(),
-                    dns::INTERVAL.as_secs()
-                ),
-                evidence,
-                ..Report::default()
-            },
-        );
-        tokio::time::sleep(dns::INTERVAL.saturating_sub(started.elapsed())).await;
+        Report {
+            last_run: Some(Instant::now()),
+            duration: Some(took),
+            detail: format!(
+                "{} seed(s) from SEED_PEERS, tried every {} s",
+                self.seeds.len(),
+                dns::INTERVAL.as_secs()
+            ),
+            evidence,
+            ..Report::default()
+        }
+    }
+
+    fn pause(&mut self, took: Duration) -> Duration {
+        dns::INTERVAL.saturating_sub(took)
     }
 }

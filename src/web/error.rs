@@ -7,6 +7,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::discovery::announce::AnnounceError;
+use crate::discovery::announcements::COOLDOWN;
+
+/// Bodies are identities and short messages: a few KiB is plenty (the 413 below names it).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -29,6 +35,19 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     UnsupportedType(String),
+}
+
+impl From<AnnounceError> for ApiError {
+    fn from(e: AnnounceError) -> ApiError {
+        match e {
+            AnnounceError::Forbidden(why) => ApiError::Forbidden(why),
+            AnnounceError::Busy(_) => ApiError::RateLimited {
+                what: "hello",
+                retry_after: COOLDOWN / 5,
+            },
+            e @ AnnounceError::NotMember { .. } => ApiError::NotFound(e.to_string()),
+        }
+    }
 }
 
 impl ApiError {
@@ -101,7 +120,7 @@ pub async fn uniform(request: Request, next: Next) -> Response {
         let text = String::from_utf8_lossy(&text);
         let reason = match status {
             StatusCode::PAYLOAD_TOO_LARGE => {
-                format!("the request body is over {} bytes", super::MAX_BODY_BYTES)
+                format!("the request body is over {} bytes", MAX_BODY_BYTES)
             }
             _ if !text.trim().is_empty() => text.trim().to_string(),
             _ => status.canonical_reason().unwrap_or("error").to_lowercase(),

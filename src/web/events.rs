@@ -9,33 +9,54 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use futures_util::Stream;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
-use super::ApiError;
+use super::error::ApiError;
 use super::limits::Limits;
 use super::serve::{Full, Slot, Slots};
-use crate::app::Node;
-use crate::broadcast::{MAX_TEXT, Message};
+use crate::broadcast::{Broadcaster, MAX_TEXT, Message};
+use crate::client::PeerClient;
 use crate::config::Secret;
-use crate::membership::{Snapshot, State as MemberState};
+use crate::identity::Me;
+use crate::membership::{Membership, Snapshot, State as MemberState};
+use crate::relay::{Relay, Subscriber};
 use crate::relay_auth::{AuthError, check_publish, check_subscription, sign_message};
+
+/// What passing messages around needs: the inbox, the members to fan out to, the relay.
+#[derive(Clone)]
+pub struct Messaging {
+    pub(super) me: Arc<Me>,
+    pub(super) inbox: Broadcaster,
+    pub(super) membership: Membership,
+    pub(super) client: PeerClient,
+    pub(super) relay: Relay,
+}
+
+/// What a stream watches.
+#[derive(Clone)]
+pub struct Watched {
+    pub(super) inbox: Broadcaster,
+    pub(super) membership: Membership,
+    pub(super) shutdown: CancellationToken,
+}
 
 /// What one stream has yet to send, and what it watches.
 struct Feed {
     messages: broadcast::Receiver<Message>,
     members: Option<watch::Receiver<Arc<Snapshot>>>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     pending: VecDeque<Event>,
     states: HashMap<String, MemberState>,
     /// A relay subscriber's stream: counted while it lives, every message signed.
@@ -52,8 +73,12 @@ pub const MAX_STREAMS_PER_CLIENT: usize = 64;
 /// A stream ends after this; browsers reconnect by themselves (with `Last-Event-ID`).
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
 
-pub fn stream_slots() -> Slots {
-    Slots::new(MAX_STREAMS, MAX_STREAMS_PER_CLIENT, 0)
+/// Browsers' event streams.
+#[derive(Clone)]
+pub struct StreamSlots(pub Slots);
+
+pub fn stream_slots() -> StreamSlots {
+    StreamSlots(Slots::new(MAX_STREAMS, MAX_STREAMS_PER_CLIENT, 0))
 }
 
 /// Relay subscriptions are signed by replicas, all arriving through the load balancer's
@@ -145,7 +170,7 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
             if let Some(event) = feed.pending.pop_front() {
                 return Some((Ok(event), feed));
             }
-            if *feed.shutdown.borrow() {
+            if feed.shutdown.is_cancelled() {
                 return None;
             }
             tokio::select! {
@@ -162,7 +187,7 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
                     if !alive { feed.members = None; }
                     feed.member_events();
                 },
-                _ = feed.shutdown.changed() => return None,
+                () = feed.shutdown.cancelled() => return None,
                 () = tokio::time::sleep_until(feed.ends) => return None,
             }
         }
@@ -170,17 +195,17 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
 }
 
 fn feed(
-    node: &Node,
+    watched: &Watched,
     members: bool,
     relay: Option<(Subscriber, Secret)>,
     slot: Slot,
     seen: Option<&str>,
 ) -> Feed {
-    let messages = node.broadcaster.subscribe();
+    let messages = watched.inbox.subscribe();
     let mut feed = Feed {
         messages,
-        members: members.then(|| node.membership.subscribe()),
-        shutdown: node.shutdown.subscribe(),
+        members: members.then(|| watched.membership.subscribe()),
+        shutdown: watched.shutdown.clone(),
         pending: VecDeque::new(),
         states: HashMap::new(),
         relay,
@@ -193,7 +218,8 @@ fn feed(
         feed.pending
             .push_back(Event::default().retry(RECONNECT_AFTER).comment("rollcall"));
         feed.pending.extend(
-            node.broadcaster
+            watched
+                .inbox
                 .history()
                 .iter()
                 .filter(|m| seen.is_none_or(|last| m.id.as_str() > last))
@@ -221,16 +247,16 @@ fn last_event_id(headers: &HeaderMap) -> Option<String> {
 
 /// `GET /events`: recent messages, then live ones and membership changes.
 pub async fn events(
-    State(node): State<Arc<Node>>,
-    Extension(slots): Extension<Slots>,
-    Extension(limits): Extension<Arc<Limits>>,
+    State(watched): State<Watched>,
+    State(StreamSlots(slots)): State<StreamSlots>,
+    State(limits): State<Arc<Limits>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let slot = stream_slot(&slots, limits.client(client, &headers))?;
     let seen = last_event_id(&headers);
     Ok(
-        Sse::new(stream(feed(&node, true, None, slot, seen.as_deref())))
+        Sse::new(stream(feed(&watched, true, None, slot, seen.as_deref())))
             .keep_alive(KeepAlive::default()),
     )
 }
@@ -264,8 +290,8 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// own page. JSON cannot be posted across sites without a CORS preflight, which nothing
 /// here answers; forms can, so they must come from the same origin.
 pub async fn broadcast(
-    State(node): State<Arc<Node>>,
-    Extension(limits): Extension<Arc<Limits>>,
+    State(messaging): State<Messaging>,
+    State(limits): State<Arc<Limits>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -302,11 +328,11 @@ pub async fn broadcast(
     if text.len() > MAX_TEXT {
         return Err(ApiError::TooLarge(format!("text is over {MAX_TEXT} bytes")));
     }
-    let message = Message::new(text, node.me.id());
-    node.broadcaster.deliver(message.clone());
-    let mut delivered = vec![node.me.id().to_string()];
-    delivered.extend(fan_out(&node, &message).await);
-    delivered.extend(crate::relay::publish(&node, &message).await);
+    let message = Message::new(text, messaging.me.id());
+    messaging.inbox.deliver(message.clone());
+    let mut delivered = vec![messaging.me.id().to_string()];
+    delivered.extend(messaging.fan_out(&message).await);
+    delivered.extend(crate::relay::publish(&messaging.relay, &message).await);
     dedup(&mut delivered);
     Ok(Json(json!({ "id": message.id, "delivered_to": delivered })))
 }
@@ -316,34 +342,36 @@ fn dedup(ids: &mut Vec<String>) {
     ids.retain(|id| seen.insert(id.clone()));
 }
 
-/// Sends a message directly to every alive member; the ones that took it.
-async fn fan_out(node: &Node, message: &Message) -> Vec<String> {
-    let snapshot = node.membership.snapshot();
-    let calls = snapshot
-        .members
-        .iter()
-        .filter(|m| m.state == MemberState::Alive)
-        .map(|m| async move {
-            node.client
-                .tell(m.identity.addr, "/api/deliver", message)
-                .await
-                .ok()
-                .map(|_| m.identity.instance_id.clone())
-        });
-    join_all(calls).await.into_iter().flatten().collect()
+impl Messaging {
+    /// Sends a message directly to every alive member; the ones that took it.
+    async fn fan_out(&self, message: &Message) -> Vec<String> {
+        let snapshot = self.membership.snapshot();
+        let calls = snapshot
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| async move {
+                self.client
+                    .tell(m.identity.addr, "/api/deliver", message)
+                    .await
+                    .ok()
+                    .map(|_| m.identity.instance_id.clone())
+            });
+        join_all(calls).await.into_iter().flatten().collect()
+    }
 }
 
 /// `POST /api/deliver`: a message from a member, for this replica's clients.
 pub async fn deliver(
-    State(node): State<Arc<Node>>,
-    Extension(limits): Extension<Arc<Limits>>,
+    State(messaging): State<Messaging>,
+    State(limits): State<Arc<Limits>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     body: Result<Json<Message>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(message) = body?;
     let caller = caller.ip().to_canonical();
     let from_member =
-        node.membership.snapshot().members.iter().any(|m| {
+        messaging.membership.snapshot().members.iter().any(|m| {
             m.state == MemberState::Alive && m.identity.addr.ip().to_canonical() == caller
         });
     if !from_member {
@@ -353,38 +381,10 @@ pub async fn deliver(
         return Err(ApiError::BadRequest("not a plausible message".into()));
     }
     limits.deliver.admit(&caller, "deliver")?;
-    let fresh = node.broadcaster.deliver(message);
+    let fresh = messaging.inbox.deliver(message);
     Ok(Json(
-        json!({ "delivered_by": node.me.id(), "duplicate": !fresh }),
+        json!({ "delivered_by": messaging.me.id(), "duplicate": !fresh }),
     ))
-}
-
-/// Counts a replica connected to this one as its hub, for as long as the stream lives.
-struct Subscriber {
-    node: Arc<Node>,
-    id: String,
-}
-
-impl Subscriber {
-    fn new(node: Arc<Node>, id: String) -> Subscriber {
-        if let Ok(mut subs) = node.relay_subscribers.lock() {
-            *subs.entry(id.clone()).or_insert(0) += 1;
-        }
-        Subscriber { node, id }
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        if let Ok(mut subs) = self.node.relay_subscribers.lock()
-            && let Some(n) = subs.get_mut(&self.id)
-        {
-            *n -= 1;
-            if *n == 0 {
-                subs.remove(&self.id);
-            }
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,12 +400,13 @@ pub struct RelayQuery {
 /// subscription itself must be signed with CLUSTER_SECRET: anyone can reach this address.
 /// The `x-rollcall-hub` header says which replica it landed on.
 pub async fn relay(
-    State(node): State<Arc<Node>>,
-    Extension(RelaySlots(slots)): Extension<RelaySlots>,
+    State(messaging): State<Messaging>,
+    State(watched): State<Watched>,
+    State(RelaySlots(slots)): State<RelaySlots>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     query: Result<Query<RelayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let secret = node.settings.proof_secret().cloned();
+    let secret = messaging.relay.secret().cloned();
     let Query(query) = query.map_err(|_| {
         ApiError::Forbidden(
             "a relay subscription needs from, time and mac signed with CLUSTER_SECRET".into(),
@@ -417,9 +418,9 @@ pub async fn relay(
         return Err(ApiError::Forbidden(AuthError::NoSecret.to_string()));
     };
     let slot = stream_slot(&slots, client.ip())?;
-    let subscriber = Subscriber::new(node.clone(), query.from);
+    let subscriber = messaging.relay.subscribe(query.from);
     let sse = Sse::new(stream(feed(
-        &node,
+        &watched,
         false,
         Some((subscriber, secret)),
         slot,
@@ -427,7 +428,7 @@ pub async fn relay(
     )))
     .keep_alive(KeepAlive::default());
     let mut response = sse.into_response();
-    if let Ok(hub) = HeaderValue::from_str(node.me.id()) {
+    if let Ok(hub) = HeaderValue::from_str(messaging.me.id()) {
         response.headers_mut().insert("x-rollcall-hub", hub);
     }
     Ok(response)
@@ -437,11 +438,11 @@ pub async fn relay(
 /// the replica it entered by. Its origin and path are that replica's, never what a client
 /// says.
 pub async fn relay_publish(
-    State(node): State<Arc<Node>>,
+    State(messaging): State<Messaging>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let from = check_publish(node.settings.proof_secret(), &headers, &body)
+    let from = check_publish(messaging.relay.secret(), &headers, &body)
         .map_err(|e| ApiError::Forbidden(e.to_string()))?;
     let message: Message = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("not a message: {e}")))?;
@@ -453,12 +454,10 @@ pub async fn relay_publish(
             "a message published by {from} must have entered by {from}"
         )));
     }
-    node.broadcaster.deliver(message.clone());
-    let mut delivered = vec![node.me.id().to_string()];
-    if let Ok(subs) = node.relay_subscribers.lock() {
-        delivered.extend(subs.keys().cloned());
-    }
-    delivered.extend(fan_out(&node, &message).await);
+    messaging.inbox.deliver(message.clone());
+    let mut delivered = vec![messaging.me.id().to_string()];
+    delivered.extend(messaging.relay.subscribers());
+    delivered.extend(messaging.fan_out(&message).await);
     dedup(&mut delivered);
     Ok(Json(json!({ "id": message.id, "delivered_to": delivered })))
 }

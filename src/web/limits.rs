@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::config::TrustedProxies;
 
 /// Clients remembered per bucket; past that, idle ones are forgotten first.

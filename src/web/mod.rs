@@ -9,32 +9,38 @@ mod limits;
 mod page;
 mod peer;
 pub mod serve;
+pub mod state;
 pub mod status;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::app::Node;
+use crate::drain::Drain;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
 pub use error::ApiError;
+pub use events::{RelaySlots, StreamSlots, relay_slots, stream_slots};
+pub use limits::Limits;
+pub use peer::PeerGate;
+pub use state::AppState;
+pub use status::PageSettings;
 
-/// Bodies are identities and short messages: a few KiB is plenty.
-pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// No handler has a reason to take long; `/peer` bounds its own calls well below this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn router(node: Arc<Node>) -> Router {
+/// Every route. With `status_page` off, only what replicas and platforms need.
+pub fn router(state: AppState, status_page: bool) -> Router {
     // What replicas need from each other, and platforms from a replica.
     let core = Router::new()
         .route("/api/identity", get(api::identity))
@@ -56,26 +62,22 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/broadcast", post(events::broadcast))
         .route("/static/{file}", get(assets::serve))
         .route_layer(axum::middleware::from_fn_with_state(
-            node.clone(),
+            state.drain.clone(),
             note_traffic,
         ))
         // Collected by peers every few seconds.
         .route("/api/timeline", get(api::timeline));
-    let app = if node.settings.status_page == "off" {
-        core
-    } else {
+    let app = if status_page {
         core.merge(public)
+    } else {
+        core
     };
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer((
-            Extension(Arc::new(peer::PeerGate::default())),
-            Extension(events::stream_slots()),
-            Extension(events::relay_slots()),
-            Extension(Arc::new(limits::Limits::new(
-                node.settings.broadcast_rate,
-                node.settings.trusted_proxies.clone().unwrap_or_default(),
-            ))),
-            axum::middleware::from_fn_with_state(node.clone(), count_request),
+            axum::middleware::from_fn_with_state(
+                (state.metrics.clone(), state.drain.clone()),
+                count_request,
+            ),
             // Failures are logged by `count_request`, which knows which are planned.
             TraceLayer::new_for_http().on_failure(()),
             // Page, assets and JSON; never the event streams (the default predicate skips
@@ -83,31 +85,39 @@ pub fn router(node: Arc<Node>) -> Router {
             CompressionLayer::new(),
             axum::middleware::from_fn(error::uniform),
             TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT),
-            RequestBodyLimitLayer::new(MAX_BODY_BYTES),
+            RequestBodyLimitLayer::new(error::MAX_BODY_BYTES),
         ))
-        .with_state(node)
+        .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus text.
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(
+    State(metrics): State<Metrics>,
+    State(membership): State<Membership>,
+) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        node.metrics.render(&node.membership.snapshot()),
+        metrics.render(&membership.snapshot()),
     )
 }
 
 /// Counts every request by its route pattern (never the raw path: bounded labels).
-async fn count_request(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+async fn count_request(
+    State((metrics, drain)): State<(Metrics, Drain)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let mut response = next.run(request).await;
-    if node.drain.is_draining() {
+    if drain.is_draining() {
         // A balancer should not reuse a connection to a replica on its way out.
         response.headers_mut().insert(
             header::CONNECTION,
@@ -115,7 +125,7 @@ async fn count_request(State(node): State<Arc<Node>>, request: Request, next: Ne
         );
     }
     let status = response.status();
-    node.metrics.request(&route, status.as_u16());
+    metrics.request(&route, status.as_u16(), started.elapsed());
     let planned = route == "/readyz" && status == StatusCode::SERVICE_UNAVAILABLE;
     if status.is_server_error() && !planned {
         tracing::warn!(route = %route, status = status.as_u16(), "request failed");
@@ -123,7 +133,7 @@ async fn count_request(State(node): State<Arc<Node>>, request: Request, next: Ne
     response
 }
 
-async fn note_traffic(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    node.drain.saw_traffic();
+async fn note_traffic(State(drain): State<Drain>, request: Request, next: Next) -> Response {
+    drain.saw_traffic();
     next.run(request).await
 }

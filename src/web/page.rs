@@ -1,8 +1,6 @@
 //! `GET /`: the page for browsers, the status JSON for everything else (so plain `curl`
 //! gets JSON).
 
-use std::sync::Arc;
-
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
@@ -10,9 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::status::{MemberView, MethodView, Status};
-use crate::app::Node;
-use crate::broadcast::Message;
+use super::status::{MemberView, MethodView, Status, StatusSources};
+use crate::broadcast::{Broadcaster, Message};
 
 #[derive(Template, WebTemplate)]
 #[template(path = "index.html")]
@@ -21,17 +18,21 @@ struct IndexPage {
     history: Vec<Message>,
 }
 
-pub async fn index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+pub async fn index(
+    State(sources): State<StatusSources>,
+    State(inbox): State<Broadcaster>,
+    headers: HeaderMap,
+) -> Response {
     let wants_html = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/html"));
-    let status = Status::of(&node);
+    let status = Status::of(&sources);
     let mut response = if wants_html {
         IndexPage {
             s: status,
-            history: node.broadcaster.history(),
+            history: inbox.history(),
         }
         .into_response()
     } else {

@@ -9,17 +9,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::{Extension, Json};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
-use super::ApiError;
+use super::error::ApiError;
 use super::limits::Limits;
-use crate::app::Node;
-use crate::membership::{Member, State as MemberState};
-use crate::verify::clip;
+use crate::membership::{Member, Membership, State as MemberState};
+use crate::metrics::Metrics;
+use crate::verify::{Verifier, clip};
 use crate::wire::Identity;
 use axum::http::HeaderMap;
 
@@ -80,10 +80,23 @@ impl PeerGate {
     }
 }
 
+/// What `/peer` reads: the members, the way to call them, and its own gate.
+#[derive(Clone)]
+pub struct Peers {
+    pub(super) membership: Membership,
+    pub(super) verifier: Verifier,
+    pub(super) metrics: Metrics,
+    pub(super) gate: Arc<PeerGate>,
+}
+
 pub async fn call_peers(
-    State(node): State<Arc<Node>>,
-    Extension(gate): Extension<Arc<PeerGate>>,
-    Extension(limits): Extension<Arc<Limits>>,
+    State(Peers {
+        membership,
+        verifier,
+        metrics,
+        gate,
+    }): State<Peers>,
+    State(limits): State<Arc<Limits>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<PeerQuery>, QueryRejection>,
@@ -92,7 +105,7 @@ pub async fn call_peers(
     limits
         .peer
         .admit(&limits.client(client, &headers), "/peer")?;
-    let snapshot = node.membership.snapshot();
+    let snapshot = membership.snapshot();
     // `to` names a member, never an address: this endpoint must not reach anything else.
     if let Some(id) = &query.to
         && snapshot
@@ -112,7 +125,7 @@ pub async fn call_peers(
     if let Some(calls) = gate.reuse(&query.to, Instant::now()) {
         return Ok(Json(calls));
     }
-    let snapshot = node.membership.snapshot();
+    let snapshot = membership.snapshot();
     let targets: Vec<&Member> = snapshot
         .members
         .iter()
@@ -121,25 +134,23 @@ pub async fn call_peers(
             None => m.state == MemberState::Alive,
         })
         .collect();
-    node.metrics
-        .peer_calls
-        .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let results = join_all(targets.into_iter().map(|m| call(&node, m))).await;
+    metrics.peer_calls(targets.len() as u64);
+    let results = join_all(targets.into_iter().map(|m| call(&verifier, m))).await;
     let calls = PeerCalls {
-        from: node.me.identity(),
+        from: verifier.me().identity(),
         results,
     };
     gate.remember(query.to, &calls);
     Ok(Json(calls))
 }
 
-async fn call(node: &Node, member: &Member) -> CallResult {
+async fn call(verifier: &Verifier, member: &Member) -> CallResult {
     let to = Target {
         instance_id: member.identity.instance_id.clone(),
         name: member.identity.name.clone(),
         addr: member.identity.addr,
     };
-    match crate::verify::ask(node, member.identity.addr).await {
+    match verifier.ask(member.identity.addr).await {
         Ok(reply) => {
             let same = reply.identity.instance_id == member.identity.instance_id;
             CallResult {

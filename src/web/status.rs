@@ -3,15 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::app::Node;
-use crate::discovery::{Evidence, Report};
-use crate::membership::{Member, State};
-use crate::prober::LoadBalancerCall;
-use crate::relay::RelayView;
+use crate::discovery::report::{Evidence, Report, Reports};
+use crate::drain::Drain;
+use crate::identity::Me;
+use crate::membership::{Member, Membership, State};
+use crate::prober::{LoadBalancerCall, ViaLoadBalancer};
+use crate::relay::{Relay, RelayView};
+use crate::timeline::PeerTimelines;
 use crate::wire::Method;
 use crate::wire::TimelineEvent;
 use crate::wire::{Identity, MeshCell, SystemFigures};
@@ -95,11 +98,33 @@ fn ms_since(then: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(then).as_millis() as u64
 }
 
+/// The few settings views show.
+#[derive(Clone, Copy)]
+pub struct PageSettings {
+    pub expected_replicas: Option<u32>,
+    /// What admits a member, in words (see `status::membership_mode`).
+    pub membership_mode: &'static str,
+}
+
+/// What the status view reads.
+#[derive(Clone)]
+pub struct StatusSources {
+    pub me: Arc<Me>,
+    pub membership: Membership,
+    pub reports: Reports,
+    pub relay: Relay,
+    pub timelines: PeerTimelines,
+    pub via_load_balancer: ViaLoadBalancer,
+    pub drain: Drain,
+    pub page: PageSettings,
+}
+
 impl Status {
-    pub fn of(node: &Node) -> Status {
+    pub fn of(sources: &StatusSources) -> Status {
         let now = Instant::now();
-        let snapshot = node.membership.snapshot();
-        let mut me = node.published_identity();
+        let snapshot = sources.membership.snapshot();
+        let draining = sources.drain.is_draining();
+        let mut me = snapshot.published(sources.me.identity(), draining);
         let mut mesh = BTreeMap::new();
         let mut views = BTreeMap::new();
         let view_hash = me.view_hash.take().unwrap_or_default();
@@ -127,7 +152,7 @@ impl Status {
             error: None,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
-        let discovery: Vec<MethodView> = node
+        let discovery: Vec<MethodView> = sources
             .reports
             .all()
             .into_iter()
@@ -136,16 +161,16 @@ impl Status {
                     method,
                     &report,
                     &snapshot.members,
-                    node.settings.expected_replicas,
+                    sources.page.expected_replicas,
                     now,
                 )
             })
             .collect();
         Status {
             verdict: verdict(&members, &discovery),
-            relay: node.relay.view(),
-            membership: membership_mode(&node.settings),
-            draining: node.drain.is_draining(),
+            relay: sources.relay.view(),
+            membership: sources.page.membership_mode,
+            draining,
             me,
             members,
             foreign: snapshot
@@ -167,13 +192,17 @@ impl Status {
                 })
                 .collect(),
             discovery,
-            expected_replicas: node.settings.expected_replicas,
+            expected_replicas: sources.page.expected_replicas,
             mesh,
             view_hash,
             views,
             converged,
-            timeline: crate::timeline::merged(node),
-            via_load_balancer: node.via_load_balancer.lock().ok().and_then(|c| c.clone()),
+            timeline: crate::timeline::merged(
+                sources.membership.timeline(),
+                sources.me.id(),
+                &sources.timelines,
+            ),
+            via_load_balancer: sources.via_load_balancer.latest(),
         }
     }
 

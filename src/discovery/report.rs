@@ -1,0 +1,120 @@
+//! What each method says about its own work, and how a set of addresses is judged.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::membership::{Snapshot, State};
+use crate::wire::Method;
+
+/// What a source says about its own work, for the discovery report.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// `Some(reason)` when the method is switched off.
+    pub off: Option<String>,
+    pub last_run: Option<Instant>,
+    pub duration: Option<Duration>,
+    pub detail: String,
+    /// The source ran but could not do its job (an error, not an empty result).
+    pub failed: bool,
+    /// What the source saw, one line each (registry rows, DNS answers, seeds).
+    pub evidence: Vec<Evidence>,
+    /// Other replicas this source says exist, verified or not (registry rows).
+    pub claimed: usize,
+}
+
+impl Report {
+    /// A method switched off here, and why.
+    pub fn off(why: impl Into<String>) -> Report {
+        Report {
+            off: Some(why.into()),
+            ..Report::default()
+        }
+    }
+
+    /// A method that has not finished a round yet.
+    pub fn detail(detail: impl Into<String>) -> Report {
+        Report {
+            detail: detail.into(),
+            ..Report::default()
+        }
+    }
+}
+
+/// One observation behind a method's status: a registry row, a DNS name, a seed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub subject: String,
+    /// works, partial, fails or off, like the methods themselves.
+    pub status: &'static str,
+    pub detail: String,
+}
+
+/// What became of a set of addresses one name or seed stands for: all replicas (a peer
+/// list), a load-balanced address (answers as several replicas), or nothing useful.
+pub fn classify(
+    answers: &[SocketAddr],
+    snapshot: &Snapshot,
+    me: SocketAddr,
+) -> (&'static str, String) {
+    let is_replica = |a: &SocketAddr| {
+        *a == me
+            || snapshot
+                .members
+                .iter()
+                .any(|m| m.identity.addr == *a && matches!(m.state, State::Alive | State::Suspect))
+    };
+    let replicas = answers.iter().filter(|a| is_replica(a)).count();
+    let balanced: Vec<usize> = answers
+        .iter()
+        .filter_map(|a| snapshot.aliases.iter().find(|(addr, _)| addr == a))
+        .map(|(_, alias)| alias.answered_as.len())
+        .collect();
+    let foreign = answers
+        .iter()
+        .filter(|a| snapshot.foreign.iter().any(|(addr, _)| addr == *a))
+        .count();
+    let list = answers
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (answers.len(), replicas) {
+        (0, _) => ("fails", "no addresses".into()),
+        (n, r) if r == n && r >= 2 => ("works", format!("{list}: lists {r} replicas")),
+        (1, 1) if answers[0] == me => ("partial", format!("{list}: only this replica")),
+        (1, 1) => ("works", format!("{list}: a replica")),
+        _ if !balanced.is_empty() => (
+            "partial",
+            format!(
+                "{list}: load-balanced address, answered as {} replica(s) so far; not a peer list",
+                balanced.iter().max().copied().unwrap_or(0)
+            ),
+        ),
+        (n, r) if r > 0 => (
+            "partial",
+            format!("{list}: {r} of {n} addresses are replicas"),
+        ),
+        _ if foreign > 0 => ("fails", format!("{list}: not this service (foreign)")),
+        _ => ("fails", format!("{list}: no replica answered")),
+    }
+}
+
+/// Every source's report, keyed by method.
+#[derive(Debug, Clone, Default)]
+pub struct Reports(Arc<Mutex<BTreeMap<Method, Report>>>);
+
+impl Reports {
+    pub fn set(&self, method: Method, report: Report) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(method, report);
+        }
+    }
+
+    pub fn all(&self) -> BTreeMap<Method, Report> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
