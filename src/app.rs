@@ -278,6 +278,7 @@ impl Background {
         let s = &self.state;
         let settings = &*self.settings;
         spawn(Box::pin(s.me.clone().sample_system(Duration::from_secs(2))));
+        spawn(Box::pin(s.metrics.clone().upkeep()));
 
         let admit = Admit {
             verifier: s.verifier.clone(),

@@ -22,6 +22,9 @@ const RTT_BUCKETS: [f64; 10] = [
 /// Upper bounds of the request duration histogram, in seconds.
 const REQUEST_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
+/// How often recorded samples are folded into histograms.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 const PROBE_RTT: &str = "rollcall_probe_rtt_seconds";
 const REQUEST_DURATION: &str = "rollcall_http_request_duration_seconds";
 
@@ -104,6 +107,17 @@ impl Metrics {
                 .increment(1);
             histogram!(REQUEST_DURATION, "route" => route).record(took.as_secs_f64());
         });
+    }
+
+    /// Folds recorded histogram samples into their buckets, every few seconds: samples
+    /// wait in memory until then, so without it a replica nobody scrapes would grow.
+    pub async fn upkeep(self) {
+        let handle = self.recorder.handle();
+        let mut ticker = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            ticker.tick().await;
+            handle.run_upkeep();
+        }
     }
 
     /// The Prometheus text, with the member gauges as of `snapshot`.

@@ -162,12 +162,14 @@ impl Scan {
             early: EARLY_RESCANS.iter(),
             metrics,
         };
-        tracing::info!(
-            ranges = %describe(&scan.nets),
-            ports = %join(&scan.ports),
-            addresses = scan.total(),
-            "subnet scan planned"
-        );
+        let (ranges, addresses) = (describe(&scan.nets), scan.total());
+        match scan.ports.as_slice() {
+            [port] => tracing::info!(%ranges, port, addresses, "subnet scan planned"),
+            ports => {
+                let ports = join(ports);
+                tracing::info!(%ranges, %ports, addresses, "subnet scan planned");
+            }
+        }
         Ok(scan)
     }
 
