@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,12 +27,12 @@ use crate::discovery::seed::Seed;
 use crate::discovery::source::{self, Context};
 use crate::drain::{self, Drain};
 use crate::identity::{Me, process_env};
-use crate::membership::{Membership, State, Timing};
+use crate::membership::{MemberEvent, Membership, State, Timing};
 use crate::metrics::Metrics;
 use crate::prober::{self, Prober, ViaLoadBalancer};
 use crate::relay::Relay;
 use crate::store::Store;
-use crate::timeline::PeerTimelines;
+use crate::timeline::Timeline;
 use crate::verify::Verifier;
 use crate::web::serve::Slots;
 use crate::web::status::membership_mode;
@@ -63,6 +63,8 @@ pub struct Application {
     announced: mpsc::Receiver<SocketAddr>,
     announcements: Announcements,
     hub_http: reqwest::Client,
+    /// Subscribed as the table is made, so no change goes unrecorded or unlogged.
+    member_events: [broadcast::Receiver<MemberEvent>; 2],
 }
 
 impl Application {
@@ -97,6 +99,7 @@ impl Application {
             dead_after: settings.dead_after,
             forget_after: settings.forget_after,
         });
+        let member_events = [membership.events(), membership.events()];
         let (candidate_queue, candidates) = mpsc::channel(candidate::QUEUE);
         let scan_ranges =
             scan::plan(&settings.scan_cidrs, me.addr().ip(), &me.platform).unwrap_or_default();
@@ -129,7 +132,7 @@ impl Application {
             verifier,
             inbox: Broadcaster::new(me.id()),
             relay,
-            timelines: PeerTimelines::default(),
+            timeline: Timeline::default(),
             via_load_balancer: ViaLoadBalancer::default(),
             drain: Drain::default(),
             shutdown: CancellationToken::new(),
@@ -154,6 +157,7 @@ impl Application {
             announced,
             announcements,
             hub_http: crate::client::public_http()?,
+            member_events,
         })
     }
 
@@ -182,6 +186,7 @@ impl Application {
             announced,
             announcements,
             hub_http,
+            member_events,
         } = self;
         let tasks = TaskTracker::new();
         let stop_tasks = CancellationToken::new();
@@ -194,6 +199,7 @@ impl Application {
             announced,
             announcements,
             hub_http,
+            member_events,
         }
         .start(&tasks, &stop_tasks);
         state.drain.set_ready();
@@ -264,6 +270,7 @@ struct Background {
     announced: mpsc::Receiver<SocketAddr>,
     announcements: Announcements,
     hub_http: reqwest::Client,
+    member_events: [broadcast::Receiver<MemberEvent>; 2],
 }
 
 impl Background {
@@ -279,6 +286,12 @@ impl Background {
         let settings = &*self.settings;
         spawn(Box::pin(s.me.clone().sample_system(Duration::from_secs(2))));
         spawn(Box::pin(s.metrics.clone().upkeep()));
+        let [for_timeline, for_log] = self.member_events;
+        spawn(Box::pin(crate::timeline::follow(
+            s.timeline.clone(),
+            for_timeline,
+        )));
+        spawn(Box::pin(crate::telemetry::log_member_events(for_log)));
 
         let admit = Admit {
             verifier: s.verifier.clone(),
@@ -324,7 +337,7 @@ impl Background {
             s.me.clone(),
             settings.registry_heartbeat,
             settings.registry_ttl,
-            s.membership.clone(),
+            s.timeline.clone(),
             s.metrics.clone(),
         );
         spawn(Box::pin(source::run(registry, context)));
@@ -355,7 +368,7 @@ impl Background {
             self.hub_http,
         )));
         spawn(Box::pin(crate::timeline::run(
-            s.timelines.clone(),
+            s.timeline.clone(),
             s.membership.clone(),
             s.verifier.client().clone(),
         )));

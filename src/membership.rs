@@ -4,15 +4,15 @@
 //! the same address. Only verification and the prober write here; everyone else reads
 //! snapshots, which are cheap to clone and never wait on discovery.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
-use crate::wire::{Identity, MeshCell, Method, TimelineEvent};
+use crate::wire::{Identity, MeshCell, Method};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,15 +136,6 @@ impl Table {
 
     fn set_state(member: &mut Member, state: State, now: Instant) {
         if member.state != state {
-            tracing::info!(
-                instance_id = %member.identity.instance_id,
-                name = %member.identity.name,
-                addr = %member.identity.addr,
-                from = member.state.as_str(),
-                to = state.as_str(),
-                error = member.last_error.as_deref().unwrap_or(""),
-                "member state changed"
-            );
             member.state = state;
             member.state_since = now;
         }
@@ -218,13 +209,6 @@ impl Table {
                 Admission::Known
             }
             None => {
-                tracing::info!(
-                    instance_id = %identity.instance_id,
-                    name = %identity.name,
-                    addr = %identity.addr,
-                    source = method.as_str(),
-                    "member joined"
-                );
                 self.members.insert(
                     identity.instance_id.clone(),
                     Member {
@@ -333,13 +317,8 @@ impl Table {
             }
         }
         self.members.retain(|_, m| {
-            let gone = matches!(m.state, State::Dead | State::Left)
-                && now.duration_since(m.state_since) >= timing.forget_after;
-            if gone {
-                tracing::info!(instance_id = %m.identity.instance_id, name = %m.identity.name,
-                    addr = %m.identity.addr, "member forgotten");
-            }
-            !gone
+            !(matches!(m.state, State::Dead | State::Left)
+                && now.duration_since(m.state_since) >= timing.forget_after)
         });
         let forget = now.checked_sub(timing.forget_after);
         if let Some(cutoff) = forget {
@@ -350,9 +329,6 @@ impl Table {
     }
 
     fn foreign(&mut self, addr: SocketAddr, reason: String, now: Instant) {
-        if !self.foreign.contains_key(&addr) {
-            tracing::info!(%addr, %reason, "foreign service on the port");
-        }
         self.aliases.remove(&addr);
         insert_bounded(
             &mut self.foreign,
@@ -438,80 +414,118 @@ struct Inner {
     table: Mutex<Table>,
     timing: Timing,
     published: watch::Sender<Arc<Snapshot>>,
-    timeline: Mutex<VecDeque<TimelineEvent>>,
+    events: broadcast::Sender<MemberEvent>,
+    /// Held from publishing a snapshot until its events are sent, so events go out in the
+    /// order the changes happened, while the table's own lock is already released.
+    emitting: Mutex<()>,
 }
 
-/// Events kept for the timeline.
-const TIMELINE: usize = 100;
+/// Events a subscriber may fall behind by before it misses some.
+const EVENT_BACKLOG: usize = 1024;
 
-fn event(
-    kind: &str,
-    member: Option<&Member>,
-    addr: Option<SocketAddr>,
-    detail: String,
-) -> TimelineEvent {
-    TimelineEvent {
-        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        kind: kind.to_string(),
-        instance_id: member.map(|m| m.identity.instance_id.clone()),
-        name: member.map(|m| m.identity.name.clone()),
-        addr: member.map(|m| m.identity.addr).or(addr),
-        detail,
-        by: None,
+/// Who an event is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Who {
+    pub instance_id: String,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl Who {
+    fn of(m: &Member) -> Who {
+        Who {
+            instance_id: m.identity.instance_id.clone(),
+            name: m.identity.name.clone(),
+            addr: m.identity.addr,
+        }
     }
 }
 
-/// What changed between two snapshots, as timeline events.
-fn changes(old: &Snapshot, new: &Snapshot) -> Vec<TimelineEvent> {
+/// What changed in the table. Subscribers (the timeline, the page's event streams, the
+/// logs) get these instead of each comparing snapshots in its own way.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberEvent {
+    Joined {
+        who: Who,
+        sources: Vec<Method>,
+    },
+    StateChanged {
+        who: Who,
+        from: State,
+        to: State,
+        error: Option<String>,
+    },
+    /// Its address answers as another instance now: it restarted (and is dead).
+    Restarted {
+        who: Who,
+        from: State,
+        by: String,
+    },
+    /// Two live instances claim one address.
+    Conflict {
+        who: Who,
+        with: String,
+    },
+    Forgotten {
+        who: Who,
+    },
+    Foreign {
+        addr: SocketAddr,
+        reason: String,
+    },
+    Alias {
+        addr: SocketAddr,
+    },
+}
+
+/// What changed between two snapshots, in table order.
+fn changes(old: &Snapshot, new: &Snapshot) -> Vec<MemberEvent> {
     let mut events = Vec::new();
     for m in &new.members {
-        let before = old.member(&m.identity.instance_id);
-        let detail = m.last_error.clone().unwrap_or_default();
-        match before {
-            None => events.push(event(
-                "joined",
-                Some(m),
-                None,
-                m.sources
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
-            Some(b) if b.state != m.state => {
-                let kind = match (m.state, &m.replaced_by) {
-                    (State::Dead, Some(_)) => "restarted",
-                    (State::Alive, _) => "alive",
-                    (State::Suspect, _) => "suspect",
-                    (State::Dead, None) => "dead",
-                    (State::Left, _) => "left",
-                };
-                events.push(event(kind, Some(m), None, detail));
-            }
+        let who = || Who::of(m);
+        match old.member(&m.identity.instance_id) {
+            None => events.push(MemberEvent::Joined {
+                who: who(),
+                sources: m.sources.iter().copied().collect(),
+            }),
+            Some(b) if b.state != m.state => events.push(match (m.state, &m.replaced_by) {
+                (State::Dead, Some(by)) => MemberEvent::Restarted {
+                    who: who(),
+                    from: b.state,
+                    by: by.clone(),
+                },
+                _ => MemberEvent::StateChanged {
+                    who: who(),
+                    from: b.state,
+                    to: m.state,
+                    error: m.last_error.clone(),
+                },
+            }),
             Some(b) if b.conflict_with.is_none() && m.conflict_with.is_some() => {
-                events.push(event("conflict", Some(m), None, detail));
+                events.push(MemberEvent::Conflict {
+                    who: who(),
+                    with: m.conflict_with.clone().unwrap_or_default(),
+                });
             }
             _ => {}
         }
     }
     for m in &old.members {
         if new.member(&m.identity.instance_id).is_none() {
-            events.push(event("forgotten", Some(m), None, String::new()));
+            events.push(MemberEvent::Forgotten { who: Who::of(m) });
         }
     }
     for (addr, f) in &new.foreign {
         if !old.foreign.iter().any(|(a, _)| a == addr) {
-            events.push(event("foreign", None, Some(*addr), f.reason.clone()));
+            events.push(MemberEvent::Foreign {
+                addr: *addr,
+                reason: f.reason.clone(),
+            });
         }
     }
     for (addr, _) in &new.aliases {
         if !old.aliases.iter().any(|(a, _)| a == addr) {
-            events.push(event(
-                "alias",
-                None,
-                Some(*addr),
-                "load-balanced address".into(),
-            ));
+            events.push(MemberEvent::Alias { addr: *addr });
         }
     }
     events
@@ -575,7 +589,8 @@ impl Membership {
                 table: Mutex::new(table),
                 timing,
                 published,
-                timeline: Mutex::default(),
+                events: broadcast::channel(EVENT_BACKLOG).0,
+                emitting: Mutex::default(),
             }),
         }
     }
@@ -594,46 +609,35 @@ impl Membership {
         self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Subscribes to what changes from now on. Subscribe before reading the snapshot a
+    /// subscriber starts from, so no change falls between the two.
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.inner.events.subscribe()
+    }
+
     fn change<R>(&self, f: impl FnOnce(&mut Table, Instant) -> R) -> R {
         let now = Instant::now();
         let mut table = self.lock();
         let result = f(&mut table, now);
-        self.publish(table.snapshot());
+        self.publish(table);
         result
     }
 
-    /// Publishes a snapshot and records what changed on the timeline.
-    fn publish(&self, snapshot: Snapshot) {
-        let old = self.inner.published.send_replace(Arc::new(snapshot));
-        let new = self.snapshot();
-        let events = changes(&old, &new);
-        if !events.is_empty()
-            && let Ok(mut timeline) = self.inner.timeline.lock()
-        {
-            timeline.extend(events);
-            while timeline.len() > TIMELINE {
-                timeline.pop_front();
-            }
-        }
-    }
-
-    /// Records something a source ran into (a registry or DNS error).
-    pub fn note(&self, kind: &str, detail: String) {
-        if let Ok(mut timeline) = self.inner.timeline.lock() {
-            timeline.push_back(event(kind, None, None, detail));
-            while timeline.len() > TIMELINE {
-                timeline.pop_front();
-            }
-        }
-    }
-
-    /// The last events, oldest first.
-    pub fn timeline(&self) -> Vec<TimelineEvent> {
-        self.inner
-            .timeline
+    /// Publishes the table's snapshot, then, with the table unlocked, sends what changed.
+    fn publish(&self, table: MutexGuard<'_, Table>) {
+        let new = Arc::new(table.snapshot());
+        let emitting = self
+            .inner
+            .emitting
             .lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(|e| e.into_inner());
+        let old = self.inner.published.send_replace(new.clone());
+        drop(table);
+        for event in changes(&old, &new) {
+            // No subscriber is fine: nobody is watching yet.
+            let _ = self.inner.events.send(event);
+        }
+        drop(emitting);
     }
 
     pub fn admit(&self, identity: Identity, method: Method, rtt_ms: f64) -> Admission {
@@ -688,7 +692,7 @@ impl Membership {
         let now = Instant::now();
         let mut table = self.lock();
         if table.tick(now, self.inner.timing) {
-            self.publish(table.snapshot());
+            self.publish(table);
         }
     }
 }
@@ -951,5 +955,55 @@ mod tests {
         );
         assert_eq!(state_after_failure(State::Left, t0, t0 + d, d), State::Left);
         assert_eq!(state_after_failure(State::Dead, t0, t0, d), State::Dead);
+    }
+
+    #[test]
+    fn changes_arrive_as_typed_events_in_order() {
+        let membership = Membership::new(TIMING);
+        let mut events = membership.events();
+        membership.admit(identity("A", "127.0.0.2:80"), Method::Scan, 0.4);
+        membership.probe_failed("A", "refused".into());
+        membership.replaced("A", "B");
+        membership.foreign("127.0.0.9:80".parse().unwrap(), "service 'x'".into());
+        membership.alias("127.0.0.8:80".parse().unwrap(), "B".into());
+        let who = Who {
+            instance_id: "A".into(),
+            name: "replica-A".into(),
+            addr: "127.0.0.2:80".parse().unwrap(),
+        };
+        let mut got = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            got.push(event);
+        }
+        assert_eq!(
+            got,
+            [
+                MemberEvent::Joined {
+                    who: who.clone(),
+                    sources: vec![Method::Scan],
+                },
+                MemberEvent::StateChanged {
+                    who: who.clone(),
+                    from: State::Alive,
+                    to: State::Suspect,
+                    error: Some("refused".into()),
+                },
+                MemberEvent::Restarted {
+                    who,
+                    from: State::Suspect,
+                    by: "B".into(),
+                },
+                MemberEvent::Foreign {
+                    addr: "127.0.0.9:80".parse().unwrap(),
+                    reason: "service 'x'".into(),
+                },
+                MemberEvent::Alias {
+                    addr: "127.0.0.8:80".parse().unwrap(),
+                },
+            ]
+        );
+        // Nothing changed, nothing sent.
+        membership.tick();
+        assert!(events.try_recv().is_err());
     }
 }

@@ -3,9 +3,11 @@
 
 use std::io::IsTerminal;
 
+use tokio::sync::broadcast;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::membership::MemberEvent;
 
 pub fn init(format: Option<LogFormat>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -45,4 +47,54 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// Logs every membership change, one line each, with fields a log query can match.
+pub async fn log_member_events(mut events: broadcast::Receiver<MemberEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(event) => log(&event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "membership changes not logged");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn log(event: &MemberEvent) {
+    match event {
+        MemberEvent::Joined { who, sources } => tracing::info!(
+            instance_id = %who.instance_id, name = %who.name, addr = %who.addr,
+            source = sources.first().map_or("", |s| s.as_str()),
+            "member joined"
+        ),
+        MemberEvent::StateChanged {
+            who,
+            from,
+            to,
+            error,
+        } => tracing::info!(
+            instance_id = %who.instance_id, name = %who.name, addr = %who.addr,
+            from = from.as_str(), to = to.as_str(), error = error.as_deref().unwrap_or(""),
+            "member state changed"
+        ),
+        MemberEvent::Restarted { who, from, by } => tracing::info!(
+            instance_id = %who.instance_id, name = %who.name, addr = %who.addr,
+            from = from.as_str(), to = "dead", replaced_by = %by,
+            "member state changed"
+        ),
+        MemberEvent::Conflict { who, with } => tracing::warn!(
+            instance_id = %who.instance_id, name = %who.name, addr = %who.addr, with = %with,
+            "two instances claim one address"
+        ),
+        MemberEvent::Forgotten { who } => tracing::info!(
+            instance_id = %who.instance_id, name = %who.name, addr = %who.addr,
+            "member forgotten"
+        ),
+        MemberEvent::Foreign { addr, reason } => {
+            tracing::info!(%addr, %reason, "foreign service on the port");
+        }
+        MemberEvent::Alias { addr } => tracing::info!(%addr, "load-balanced address"),
+    }
 }

@@ -2,14 +2,16 @@
 //! the other members' (every few seconds, in the background) so any replica can show one
 //! merged timeline without a request ever waiting on a peer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
+use tokio::sync::broadcast;
 
 use crate::client::PeerClient;
-use crate::membership::{Membership, State};
+use crate::membership::{MemberEvent, Membership, State, Who};
 use crate::wire::TimelineEvent;
 use crate::wire::{is_display_text, is_instance_id};
 
@@ -47,12 +49,137 @@ fn clip_text(s: &str, chars: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(chars).collect()
 }
 
-/// Other members' timelines, as last collected (instance id → events).
+/// The timeline: this replica's own last events, and the other members' as last
+/// collected (instance id → events).
 #[derive(Clone, Default)]
-pub struct PeerTimelines(Arc<Mutex<HashMap<String, Vec<TimelineEvent>>>>);
+pub struct Timeline {
+    own: Arc<Mutex<VecDeque<TimelineEvent>>>,
+    peers: Arc<Mutex<HashMap<String, Vec<TimelineEvent>>>>,
+}
+
+/// Events this replica keeps of its own.
+const OWN: usize = 100;
+
+impl Timeline {
+    fn record(&self, event: TimelineEvent) {
+        if let Ok(mut own) = self.own.lock() {
+            own.push_back(event);
+            while own.len() > OWN {
+                own.pop_front();
+            }
+        }
+    }
+
+    /// Something a source ran into (a registry error, say).
+    pub fn note(&self, kind: &str, detail: String) {
+        self.record(entry(kind, None, None, detail));
+    }
+
+    /// This replica's own events, oldest first.
+    pub fn own(&self) -> Vec<TimelineEvent> {
+        self.own
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// This replica's events (seen by `me`) and the members' it last collected, newest
+    /// last.
+    pub fn merged(&self, me: &str) -> Vec<TimelineEvent> {
+        let mut all: Vec<TimelineEvent> = self
+            .own()
+            .into_iter()
+            .map(|mut e| {
+                e.by = Some(me.to_string());
+                e
+            })
+            .collect();
+        if let Ok(peers) = self.peers.lock() {
+            for (by, events) in peers.iter() {
+                all.extend(events.iter().cloned().map(|mut e| {
+                    e.by = Some(by.clone());
+                    e
+                }));
+            }
+        }
+        // RFC 3339 times in UTC sort as text.
+        all.sort_by(|a, b| a.at.cmp(&b.at));
+        let skip = all.len().saturating_sub(MERGED);
+        all.split_off(skip)
+    }
+}
+
+fn entry(kind: &str, who: Option<&Who>, addr: Option<SocketAddr>, detail: String) -> TimelineEvent {
+    TimelineEvent {
+        at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        kind: kind.to_string(),
+        instance_id: who.map(|w| w.instance_id.clone()),
+        name: who.map(|w| w.name.clone()),
+        addr: who.map(|w| w.addr).or(addr),
+        detail,
+        by: None,
+    }
+}
+
+/// A membership change as the timeline shows it.
+pub fn of_event(event: &MemberEvent) -> TimelineEvent {
+    match event {
+        MemberEvent::Joined { who, sources } => entry(
+            "joined",
+            Some(who),
+            None,
+            sources
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        MemberEvent::StateChanged { who, to, error, .. } => entry(
+            to.as_str(),
+            Some(who),
+            None,
+            error.clone().unwrap_or_default(),
+        ),
+        MemberEvent::Restarted { who, by, .. } => entry(
+            "restarted",
+            Some(who),
+            None,
+            format!("address now answers as instance {by}"),
+        ),
+        MemberEvent::Conflict { who, with } => entry(
+            "conflict",
+            Some(who),
+            None,
+            format!("address conflict: instance {with} claims the same address"),
+        ),
+        MemberEvent::Forgotten { who } => entry("forgotten", Some(who), None, String::new()),
+        MemberEvent::Foreign { addr, reason } => {
+            entry("foreign", None, Some(*addr), reason.clone())
+        }
+        MemberEvent::Alias { addr } => {
+            entry("alias", None, Some(*addr), "load-balanced address".into())
+        }
+    }
+}
+
+/// Records every membership change on the timeline.
+pub async fn follow(timeline: Timeline, mut events: broadcast::Receiver<MemberEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(event) => timeline.record(of_event(&event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                timeline.note(
+                    "missed",
+                    format!("{missed} membership changes not recorded"),
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
 
 /// Collects the alive members' timelines every few seconds.
-pub async fn run(peers: PeerTimelines, membership: Membership, client: PeerClient) {
+pub async fn run(timeline: Timeline, membership: Membership, client: PeerClient) {
     loop {
         tokio::time::sleep(EVERY).await;
         let snapshot = membership.snapshot();
@@ -75,33 +202,10 @@ pub async fn run(peers: PeerTimelines, membership: Membership, client: PeerClien
             .flatten()
             .map(|(id, events)| (id, from_a_peer(events, now)))
             .collect();
-        if let Ok(mut kept) = peers.0.lock() {
+        if let Ok(mut kept) = timeline.peers.lock() {
             *kept = gathered;
         }
     }
-}
-
-/// This replica's events (seen by `me`) and the members' it last collected, newest last.
-pub fn merged(own: Vec<TimelineEvent>, me: &str, peers: &PeerTimelines) -> Vec<TimelineEvent> {
-    let mut all: Vec<TimelineEvent> = own
-        .into_iter()
-        .map(|mut e| {
-            e.by = Some(me.to_string());
-            e
-        })
-        .collect();
-    if let Ok(peers) = peers.0.lock() {
-        for (by, events) in peers.iter() {
-            all.extend(events.iter().cloned().map(|mut e| {
-                e.by = Some(by.clone());
-                e
-            }));
-        }
-    }
-    // RFC 3339 times in UTC sort as text.
-    all.sort_by(|a, b| a.at.cmp(&b.at));
-    let skip = all.len().saturating_sub(MERGED);
-    all.split_off(skip)
 }
 
 #[cfg(test)]

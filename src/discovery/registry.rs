@@ -18,9 +18,10 @@ use super::candidate::Candidate;
 use super::report::{Evidence, Report};
 use super::source::{Round, SETTLE, Source};
 use crate::identity::Me;
-use crate::membership::{Membership, Snapshot, State};
+use crate::membership::{Snapshot, State};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Claim, Store, StoreError};
+use crate::timeline::Timeline;
 use crate::wire::Method;
 
 /// The registry method: heartbeats into the store and reads everyone's rows.
@@ -34,8 +35,8 @@ pub struct Registry {
     migrated: bool,
     failing: bool,
     last_heartbeat: Option<Instant>,
-    /// Where "unreachable" and "reachable again" go on the timeline.
-    membership: Membership,
+    /// Where "unreachable" and "reachable again" go.
+    timeline: Timeline,
     metrics: Metrics,
 }
 
@@ -49,7 +50,7 @@ impl Registry {
         me: Arc<Me>,
         heartbeat: Duration,
         ttl: Duration,
-        membership: Membership,
+        timeline: Timeline,
         metrics: Metrics,
     ) -> Result<Registry, String> {
         let store = store.ok_or("DATABASE_URL=off")?;
@@ -70,7 +71,7 @@ impl Registry {
             migrated: false,
             failing: false,
             last_heartbeat: None,
-            membership,
+            timeline,
             metrics,
         })
     }
@@ -168,7 +169,7 @@ impl Registry {
     fn unavailable(&mut self, e: &StoreError, took: Duration) -> Report {
         tracing::warn!(error = %e, "registry unavailable");
         if !self.failing {
-            self.membership.note("registry", e.to_string());
+            self.timeline.note("registry", e.to_string());
             self.metrics.registry_error();
         }
         self.failing = true;
@@ -218,7 +219,7 @@ impl Source for Registry {
         match found {
             Ok((claims, removed)) => {
                 if self.failing {
-                    self.membership.note("registry", "reachable again".into());
+                    self.timeline.note("registry", "reachable again".into());
                 }
                 self.failing = false;
                 self.last_heartbeat = Some(Instant::now());

@@ -17,6 +17,7 @@ use crate::drain::Drain;
 use crate::identity::Me;
 use crate::membership::Membership;
 use crate::proof;
+use crate::timeline::Timeline;
 use crate::verify::Verifier;
 use crate::wire::{Identity, TimelineEvent, is_instance_id};
 
@@ -97,6 +98,6 @@ pub async fn goodbye(
 }
 
 /// `GET /api/timeline`: this replica's own last events, for the other members to merge.
-pub async fn timeline(State(membership): State<Membership>) -> Json<Vec<TimelineEvent>> {
-    Json(membership.timeline())
+pub async fn timeline(State(timeline): State<Timeline>) -> Json<Vec<TimelineEvent>> {
+    Json(timeline.own())
 }

@@ -3,7 +3,7 @@
 //! `/api/relay` + `/api/relay/publish` make this replica a hub for replicas that can only
 //! reach it through the load balancer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use futures_util::Stream;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
@@ -30,7 +30,7 @@ use crate::broadcast::{Broadcaster, MAX_TEXT, Message};
 use crate::client::PeerClient;
 use crate::config::Secret;
 use crate::identity::Me;
-use crate::membership::{Membership, Snapshot, State as MemberState};
+use crate::membership::{MemberEvent, Membership, State as MemberState, Who};
 use crate::relay::{Relay, Subscriber};
 use crate::relay_auth::{AuthError, check_publish, check_subscription, sign_message};
 
@@ -55,10 +55,9 @@ pub struct Watched {
 /// What one stream has yet to send, and what it watches.
 struct Feed {
     messages: broadcast::Receiver<Message>,
-    members: Option<watch::Receiver<Arc<Snapshot>>>,
+    members: Option<broadcast::Receiver<MemberEvent>>,
     shutdown: CancellationToken,
     pending: VecDeque<Event>,
-    states: HashMap<String, MemberState>,
     /// A relay subscriber's stream: counted while it lives, every message signed.
     relay: Option<(Subscriber, Secret)>,
     /// The stream's place under the bounds on streams, and when it ends regardless.
@@ -133,33 +132,36 @@ impl Feed {
 }
 
 impl Feed {
-    /// Membership changes since the last look, as `member` events.
-    fn member_events(&mut self) {
-        let Some(rx) = &mut self.members else { return };
-        let snapshot = rx.borrow_and_update().clone();
-        let mut seen = HashMap::new();
-        for m in &snapshot.members {
-            let id = &m.identity.instance_id;
-            seen.insert(id.clone(), m.state);
-            if self.states.get(id) != Some(&m.state) {
-                let data = json!({ "instance_id": id, "name": m.identity.name,
-                    "addr": m.identity.addr, "state": m.state });
-                self.pending
-                    .push_back(Event::default().event("member").data(data.to_string()));
+    /// A member's state, as a `member` event for the page.
+    fn member_event(&mut self, who: &Who, state: &str) {
+        let data = json!({ "instance_id": who.instance_id, "name": who.name,
+            "addr": who.addr, "state": state });
+        self.pending
+            .push_back(Event::default().event("member").data(data.to_string()));
+    }
+
+    /// The page shows members' states: changes of state are its news.
+    fn on_member_event(&mut self, event: &MemberEvent) {
+        match event {
+            MemberEvent::Joined { who, .. } => self.member_event(who, MemberState::Alive.as_str()),
+            MemberEvent::StateChanged { who, to, .. } => self.member_event(who, to.as_str()),
+            MemberEvent::Restarted { who, .. } => {
+                self.member_event(who, MemberState::Dead.as_str());
             }
+            MemberEvent::Forgotten { who } => self.member_event(who, "forgotten"),
+            MemberEvent::Conflict { .. }
+            | MemberEvent::Foreign { .. }
+            | MemberEvent::Alias { .. } => {}
         }
-        for gone in self.states.keys().filter(|id| !seen.contains_key(*id)) {
-            let data = json!({ "instance_id": gone, "state": "forgotten" });
-            self.pending
-                .push_back(Event::default().event("member").data(data.to_string()));
-        }
-        self.states = seen;
     }
 }
 
-async fn members_changed(members: &mut Option<watch::Receiver<Arc<Snapshot>>>) -> bool {
+/// The next membership change; never, for a stream that does not watch members.
+async fn member_changed(
+    members: &mut Option<broadcast::Receiver<MemberEvent>>,
+) -> Result<MemberEvent, broadcast::error::RecvError> {
     match members {
-        Some(rx) => rx.changed().await.is_ok(),
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -183,9 +185,11 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                alive = members_changed(&mut feed.members) => {
-                    if !alive { feed.members = None; }
-                    feed.member_events();
+                change = member_changed(&mut feed.members) => match change {
+                    Ok(event) => feed.on_member_event(&event),
+                    // The page polls its regions too: a lagging stream only misses news.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => feed.members = None,
                 },
                 () = feed.shutdown.cancelled() => return None,
                 () = tokio::time::sleep_until(feed.ends) => return None,
@@ -202,12 +206,12 @@ fn feed(
     seen: Option<&str>,
 ) -> Feed {
     let messages = watched.inbox.subscribe();
+    // Subscribed before the snapshot below is read: no change falls between them.
     let mut feed = Feed {
         messages,
-        members: members.then(|| watched.membership.subscribe()),
+        members: members.then(|| watched.membership.events()),
         shutdown: watched.shutdown.clone(),
         pending: VecDeque::new(),
-        states: HashMap::new(),
         relay,
         _slot: slot,
         ends: tokio::time::Instant::now() + STREAM_LIFETIME,
@@ -225,7 +229,14 @@ fn feed(
                 .filter(|m| seen.is_none_or(|last| m.id.as_str() > last))
                 .map(message_event),
         );
-        feed.member_events();
+        for m in &watched.membership.snapshot().members {
+            let who = Who {
+                instance_id: m.identity.instance_id.clone(),
+                name: m.identity.name.clone(),
+                addr: m.identity.addr,
+            };
+            feed.member_event(&who, m.state.as_str());
+        }
     }
     feed
 }

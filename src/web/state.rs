@@ -20,7 +20,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::prober::ViaLoadBalancer;
 use crate::relay::Relay;
-use crate::timeline::PeerTimelines;
+use crate::timeline::Timeline;
 use crate::verify::Verifier;
 
 /// The running parts the web layer reads, as handles.
@@ -33,7 +33,7 @@ pub struct AppState {
     pub verifier: Verifier,
     pub inbox: Broadcaster,
     pub relay: Relay,
-    pub timelines: PeerTimelines,
+    pub timeline: Timeline,
     pub via_load_balancer: ViaLoadBalancer,
     pub drain: Drain,
     /// Cancelled when shutdown begins: long-lived streams end so draining can finish.
@@ -87,7 +87,7 @@ impl FromRef<AppState> for StatusSources {
             membership: state.membership.clone(),
             reports: state.reports.clone(),
             relay: state.relay.clone(),
-            timelines: state.timelines.clone(),
+            timeline: state.timeline.clone(),
             via_load_balancer: state.via_load_balancer.clone(),
             drain: state.drain.clone(),
             page: state.page,

@@ -14,7 +14,7 @@ use crate::identity::Me;
 use crate::membership::{Member, Membership, State};
 use crate::prober::{LoadBalancerCall, ViaLoadBalancer};
 use crate::relay::{Relay, RelayView};
-use crate::timeline::PeerTimelines;
+use crate::timeline::Timeline;
 use crate::wire::Method;
 use crate::wire::TimelineEvent;
 use crate::wire::{Identity, MeshCell, SystemFigures};
@@ -113,7 +113,7 @@ pub struct StatusSources {
     pub membership: Membership,
     pub reports: Reports,
     pub relay: Relay,
-    pub timelines: PeerTimelines,
+    pub timeline: Timeline,
     pub via_load_balancer: ViaLoadBalancer,
     pub drain: Drain,
     pub page: PageSettings,
@@ -197,11 +197,7 @@ impl Status {
             view_hash,
             views,
             converged,
-            timeline: crate::timeline::merged(
-                sources.membership.timeline(),
-                sources.me.id(),
-                &sources.timelines,
-            ),
+            timeline: sources.timeline.merged(sources.me.id()),
             via_load_balancer: sources.via_load_balancer.latest(),
         }
     }
