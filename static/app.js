@@ -105,7 +105,7 @@ function render(s) {
   const alive = s.members.filter((m) => m.state === "alive").length;
   $("found").textContent = s.expected_replicas ? `${alive} / ${s.expected_replicas}` : String(alive);
   $("members").innerHTML = s.members.map(memberHtml).join("");
-  $("discovery").innerHTML = s.discovery.map(methodHtml).join("");
+  $("discovery").tBodies[0].innerHTML = s.discovery.map(methodHtml).join("");
   $("not-members").innerHTML = notMembersHtml(s);
   $("mesh").innerHTML = meshHtml(s);
   $("timeline").innerHTML = timelineHtml(s);

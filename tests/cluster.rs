@@ -212,6 +212,75 @@ async fn curl_gets_json_and_browsers_get_html() {
     }
 }
 
+/// `/page/regions`: the page's live regions as HTML, whatever the client accepts, never
+/// cached, each region under the id the page gives it and with the page's own markup.
+#[tokio::test]
+async fn the_page_regions_are_the_page_s_html() {
+    let port = free_port();
+    let r = Replica::start(
+        2,
+        port,
+        &[("SCAN_CIDRS", "off"), ("INSTANCE_NAME", "regions-test")],
+    );
+    identity_of(&r).await;
+
+    let page = get_text(&r.url("/"), "text/html").await;
+    for accept in ["text/html", "application/json", "*/*"] {
+        let resp = client()
+            .get(r.url("/page/regions"))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(resp.status(), 200, "{accept}");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with("text/html"), "{accept}");
+        assert_eq!(header("cache-control"), "no-store", "{accept}");
+        let regions = resp.text().await.expect("a body");
+        for id in [
+            "hero",
+            "draining",
+            "verdict",
+            "membership",
+            "found",
+            "members",
+            "views",
+            "mesh",
+            "via-lb",
+            "relay-mode",
+            "discovery",
+            "timeline",
+            "not-members",
+        ] {
+            let attr = format!(" id=\"{id}\"");
+            assert!(regions.contains(&attr), "{id} missing from:\n{regions}");
+            assert!(page.contains(&attr), "{id} missing from the page");
+        }
+        // Who answered, for the strip.
+        assert!(
+            regions.contains("data-name=\"regions-test\"") && regions.contains("data-hue=\""),
+            "{regions}"
+        );
+        assert!(!regions.contains("<html") && !regions.contains("<script"));
+        // The same markup as the page, where nothing changed in between.
+        let verdict = |html: &str| {
+            let start = html.find("<p id=\"verdict\">").expect("a verdict");
+            let end = start + html[start..].find("</p>").expect("its end");
+            html[start..end].to_string()
+        };
+        assert_eq!(verdict(&regions), verdict(&page));
+        assert!(
+            regions.contains("<strong>regions-test</strong>"),
+            "{regions}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn answers_are_uniform_uncached_and_compressed() {
     let port = free_port();
