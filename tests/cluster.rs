@@ -212,6 +212,75 @@ async fn curl_gets_json_and_browsers_get_html() {
     }
 }
 
+/// `/page/regions`: the page's live regions as HTML, whatever the client accepts, never
+/// cached, each region under the id the page gives it and with the page's own markup.
+#[tokio::test]
+async fn the_page_regions_are_the_page_s_html() {
+    let port = free_port();
+    let r = Replica::start(
+        2,
+        port,
+        &[("SCAN_CIDRS", "off"), ("INSTANCE_NAME", "regions-test")],
+    );
+    identity_of(&r).await;
+
+    let page = get_text(&r.url("/"), "text/html").await;
+    for accept in ["text/html", "application/json", "*/*"] {
+        let resp = client()
+            .get(r.url("/page/regions"))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(resp.status(), 200, "{accept}");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with("text/html"), "{accept}");
+        assert_eq!(header("cache-control"), "no-store", "{accept}");
+        let regions = resp.text().await.expect("a body");
+        for id in [
+            "hero",
+            "draining",
+            "verdict",
+            "membership",
+            "found",
+            "members",
+            "views",
+            "mesh",
+            "via-lb",
+            "relay-mode",
+            "discovery",
+            "timeline",
+            "not-members",
+        ] {
+            let attr = format!(" id=\"{id}\"");
+            assert!(regions.contains(&attr), "{id} missing from:\n{regions}");
+            assert!(page.contains(&attr), "{id} missing from the page");
+        }
+        // Who answered, for the strip.
+        assert!(
+            regions.contains("data-name=\"regions-test\"") && regions.contains("data-hue=\""),
+            "{regions}"
+        );
+        assert!(!regions.contains("<html") && !regions.contains("<script"));
+        // The same markup as the page, where nothing changed in between.
+        let verdict = |html: &str| {
+            let start = html.find("<p id=\"verdict\">").expect("a verdict");
+            let end = start + html[start..].find("</p>").expect("its end");
+            html[start..end].to_string()
+        };
+        assert_eq!(verdict(&regions), verdict(&page));
+        assert!(
+            regions.contains("<strong>regions-test</strong>"),
+            "{regions}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn answers_are_uniform_uncached_and_compressed() {
     let port = free_port();
@@ -638,19 +707,45 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
     }
 }
 
-/// The page in a real headless Chromium: its script polls `/api/status`, redraws the
-/// cluster from the answer, records each answer in the strip, and shows messages that
-/// cross replicas as they arrive.
+/// The page in a real headless Chromium: its script polls `/page/regions`, swaps the
+/// server-rendered regions in (a replica that starts later appears without a reload),
+/// records each answer in the strip, and shows messages that cross replicas as they arrive.
 #[tokio::test]
 async fn the_page_goes_live_in_a_real_browser() {
     use common::browser::{Browser, local_chromedriver, local_curl};
     let port = free_port();
-    let a = Replica::start(6, port, &[("SCAN_CIDRS", "127.0.0.6,127.0.0.7")]);
-    let b = Replica::start(7, port, &[("SCAN_CIDRS", "127.0.0.6,127.0.0.7")]);
-    wait_until_all_see(&[&a, &b]).await;
+    let scan = [("SCAN_CIDRS", "127.0.0.6,127.0.0.7")];
+    let a = Replica::start(6, port, &scan);
+    identity_of(&a).await;
 
     let browser = Browser::start(local_chromedriver, local_curl());
     browser.goto(&a.url("/"));
+    let members = || {
+        browser.eval(
+            "return [...document.querySelectorAll('#members strong')].map(e => e.textContent)",
+        )
+    };
+    assert_eq!(members(), serde_json::json!(["r6"]), "served with the page");
+    // Marks this load of the page: a reload would lose it.
+    browser.eval("window.rollcallLoad = 'first'; return 1");
+
+    // A replica that starts after the page loaded appears in it, drawn by the server.
+    let b = Replica::start(7, port, &scan);
+    wait_until_all_see(&[&a, &b]).await;
+    eventually("r7 to appear on the page without a reload", || async {
+        let seen = members();
+        if seen == serde_json::json!(["r6", "r7"]) {
+            Ok(())
+        } else {
+            Err(seen.to_string())
+        }
+    })
+    .await;
+    assert_eq!(browser.eval("return window.rollcallLoad"), "first");
+    // The server's markup (the script builds none): members keep their data attributes.
+    let ids =
+        browser.eval("return document.querySelectorAll('#members li[data-id][data-name]').length");
+    assert_eq!(ids, 2);
     eventually("the script to poll and record answers", || async {
         let polls = browser.eval("return document.querySelectorAll('#strip li.poll').length");
         if polls.as_u64().unwrap_or(0) >= 2 {
@@ -662,16 +757,32 @@ async fn the_page_goes_live_in_a_real_browser() {
     .await;
     let reloads = browser.eval("return document.querySelectorAll('#strip li.reload').length");
     assert_eq!(reloads, 1);
-    // Members drawn by the script from the polled status, with their direct RTTs.
-    let members = browser
-        .eval("return [...document.querySelectorAll('#members strong')].map(e => e.textContent)");
-    assert_eq!(members, serde_json::json!(["r6", "r7"]));
-    let cells = browser.eval("return document.querySelector('#members').textContent");
-    assert!(cells.as_str().unwrap_or("").contains(" ms"), "{cells}");
-    let mesh = browser.eval(
-        "return document.querySelectorAll('#mesh td.fast, #mesh td.ok, #mesh td.slow').length",
+    let strip = browser.eval(
+        "return [...document.querySelectorAll('#strip li')].map(li => li.textContent + ' ' + li.style.getPropertyValue('--hue').trim())",
     );
-    assert_eq!(mesh, 2, "the 2×2 mesh shows both direct calls");
+    let hero_hue = browser.eval("return document.querySelector('#hero').dataset.hue");
+    for entry in strip.as_array().expect("strip entries") {
+        assert_eq!(
+            entry.as_str().unwrap_or(""),
+            format!("r6 {}", hero_hue.as_str().unwrap_or("?")),
+            "{strip}"
+        );
+    }
+    // The regions keep updating: direct RTTs, and the 2×2 mesh of direct calls.
+    eventually("RTTs and the full mesh on the page", || async {
+        let cells = browser.eval("return document.querySelector('#members').textContent");
+        let mesh = browser.eval(
+            "return document.querySelectorAll('#mesh td.fast, #mesh td.ok, #mesh td.slow').length",
+        );
+        if cells.as_str().unwrap_or("").contains(" ms") && mesh == 2 {
+            Ok(())
+        } else {
+            Err(format!("{mesh} mesh cells; members: {cells}"))
+        }
+    })
+    .await;
+    let found = browser.eval("return document.querySelector('#found').textContent");
+    assert_eq!(found, "2");
     let curl = browser.eval("return document.querySelector('#curl').textContent");
     assert_eq!(curl, format!("curl http://127.0.0.6:{port}/").as_str());
 

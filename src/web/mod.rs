@@ -56,6 +56,7 @@ pub fn router(state: AppState, status_page: bool) -> Router {
     // traffic a draining replica waits out; peers' and health checks' calls never stop.
     let public = Router::new()
         .route("/", get(page::index))
+        .route("/page/regions", get(page::regions))
         .route("/api/status", get(api::status))
         .route("/peer", get(peer::call_peers))
         .route("/events", get(events::events))

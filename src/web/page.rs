@@ -1,5 +1,6 @@
 //! `GET /`: the page for browsers, the status JSON for everything else (so plain `curl`
-//! gets JSON).
+//! gets JSON). `GET /page/regions`: the page's live regions, rendered by the same template
+//! blocks, which static/app.js swaps in every 2 s.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -11,11 +12,35 @@ use axum::response::{IntoResponse, Response};
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use crate::broadcast::{Broadcaster, Message};
 
+/// The page. Each named block is a live region that `/page/regions` renders again.
 #[derive(Template, WebTemplate)]
-#[template(path = "index.html")]
+#[template(
+    path = "index.html",
+    blocks = [
+        "hero",
+        "draining",
+        "verdict",
+        "found",
+        "members",
+        "views",
+        "mesh",
+        "via_lb",
+        "relay_mode",
+        "discovery",
+        "timeline",
+        "not_members"
+    ]
+)]
 struct IndexPage {
     s: Status,
     history: Vec<Message>,
+}
+
+/// The live regions alone: each block of [`IndexPage`], one after another.
+#[derive(Template, WebTemplate)]
+#[template(path = "regions.html")]
+struct Regions {
+    page: IndexPage,
 }
 
 pub async fn index(
@@ -44,10 +69,25 @@ pub async fn index(
     response
 }
 
-/// A stable colour per replica, so rotation is visible at a glance (static/app.js computes
-/// the same for replicas it learns of by polling).
+/// `GET /page/regions`: what changes on the page, as HTML. Always HTML, whatever `Accept`
+/// says, and never cached: each poll may land on another replica.
+pub async fn regions(State(sources): State<StatusSources>) -> Response {
+    let page = IndexPage {
+        s: Status::of(&sources),
+        // Messages arrive by /events; no region shows the history.
+        history: Vec::new(),
+    };
+    let mut response = Regions { page }.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A stable colour per replica, so rotation is visible at a glance. The page carries it
+/// (`--hue`, and `data-hue` on the hero, which the strip of answers reuses).
 pub fn hue(instance_id: &str) -> u32 {
-    // FNV-1a: tiny, and easy to repeat in JavaScript.
+    // FNV-1a: tiny and stable across builds and platforms.
     let hash = instance_id.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
@@ -247,10 +287,111 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hue_matches_the_javascript_version() {
-        // static/app.js: hue("01JTEST") must give the same number.
+    fn hue_is_a_stable_angle() {
+        // Pinned: the strip keeps hues across reloads (sessionStorage), and replicas of two
+        // builds share a page during a rolling deploy; one replica, one colour.
         assert_eq!(hue(""), 0x811c_9dc5 % 360);
-        assert!(hue("01JTEST") < 360);
+        assert_eq!(hue("01JTEST"), 84);
+    }
+
+    fn sample_page() -> IndexPage {
+        let me: crate::identity::Identity = serde_json::from_value(serde_json::json!({
+            "instance_id": "01JSELF", "name": "r<1>", "service": "rollcall",
+            "addr": "127.0.0.2:8080", "version": "0.1.0", "platform": "local"
+        }))
+        .unwrap();
+        let member = |id: &str, name: &str, is_self: bool| MemberView {
+            instance_id: id.into(),
+            name: name.into(),
+            addr: me.addr,
+            is_self,
+            state: crate::membership::State::Alive,
+            sources: vec![],
+            rtt_ms: (!is_self).then_some(0.4),
+            last_seen_ms_ago: 300,
+            system: Default::default(),
+            error: None,
+        };
+        let members = vec![
+            member("01JSELF", "r<1>", true),
+            member("01JPEER", "r2", false),
+        ];
+        IndexPage {
+            s: Status {
+                verdict: "Replicas can call each other directly (1 reachable).".into(),
+                membership: "by service name only",
+                draining: false,
+                relay: Default::default(),
+                me,
+                members,
+                foreign: vec![],
+                aliases: vec![],
+                discovery: vec![MethodView {
+                    method: crate::discovery::Method::Scan,
+                    status: "works",
+                    found: 1,
+                    last_run_ms_ago: Some(800),
+                    duration_ms: Some(12),
+                    detail: "scanned 127.0.0.0/24".into(),
+                    evidence: vec![],
+                    claimed: 0,
+                }],
+                expected_replicas: Some(2),
+                mesh: Default::default(),
+                view_hash: "abc".into(),
+                views: Default::default(),
+                converged: true,
+                timeline: vec![],
+                via_load_balancer: None,
+            },
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn the_regions_are_the_page_s_own_blocks() {
+        let page = sample_page();
+        let full = page.render().unwrap();
+        let regions = Regions {
+            page: sample_page(),
+        }
+        .render()
+        .unwrap();
+        // Everything static/app.js swaps, by the ids it swaps them by.
+        for id in [
+            "hero",
+            "draining",
+            "verdict",
+            "membership",
+            "found",
+            "members",
+            "views",
+            "mesh",
+            "via-lb",
+            "relay-mode",
+            "discovery",
+            "timeline",
+            "not-members",
+        ] {
+            let attr = format!(" id=\"{id}\"");
+            assert_eq!(regions.matches(&attr).count(), 1, "{id} in {regions}");
+            assert_eq!(full.matches(&attr).count(), 1, "{id} in the page");
+        }
+        for block in [
+            page.as_hero().render().unwrap(),
+            page.as_members().render().unwrap(),
+            page.as_discovery().render().unwrap(),
+        ] {
+            assert!(full.contains(&block), "{block}");
+            assert!(regions.contains(&block), "{block}");
+        }
+        // Escaped once, as in the page: neither raw nor twice.
+        assert!(!regions.contains("r<1>"), "{regions}");
+        assert!(!regions.contains("&amp;#"), "{regions}");
+        assert!(regions.contains("data-name=\"r&#60;1&#62;\""), "{regions}");
+        assert!(regions.contains("data-hue=\""), "{regions}");
+        // Only regions: no page around them, no script, no messages.
+        assert!(!regions.contains("<html") && !regions.contains("<script"));
     }
 
     #[test]
