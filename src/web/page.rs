@@ -295,7 +295,7 @@ mod tests {
     }
 
     fn sample_page() -> IndexPage {
-        let me: crate::identity::Identity = serde_json::from_value(serde_json::json!({
+        let me: crate::wire::Identity = serde_json::from_value(serde_json::json!({
             "instance_id": "01JSELF", "name": "r<1>", "service": "rollcall",
             "addr": "127.0.0.2:8080", "version": "0.1.0", "platform": "local"
         }))
@@ -327,7 +327,7 @@ mod tests {
                 foreign: vec![],
                 aliases: vec![],
                 discovery: vec![MethodView {
-                    method: crate::discovery::Method::Scan,
+                    method: crate::wire::Method::Scan,
                     status: "works",
                     found: 1,
                     last_run_ms_ago: Some(800),
