@@ -1,6 +1,7 @@
 // Live view: every 2 s, fetches /page/regions (the page's live regions, rendered on the
 // server by the same template blocks as the page itself) and swaps each one in by its id.
-// Each poll may land on another replica (that is the point); the strip records who it was.
+// Each poll may land on another replica (that is the point); the strip records who it was,
+// or that nobody answered. The hero stays the replica that served the page.
 // Without JavaScript the page is the same, as of its last load.
 "use strict";
 
@@ -13,12 +14,13 @@ function esc(s) {
 }
 
 // The strip survives reloads (sessionStorage), so reloads and polls read as one history.
-// `hero` is a hero element, the page's or a poll's: it names the replica that rendered it.
+// `hero` is a hero element, the page's or a poll's: it names the replica that rendered it;
+// none means no replica answered.
 function record(hero, kind) {
-  const { instance, name, hue } = hero.dataset;
+  const { instance, name, hue } = hero ? hero.dataset : { name: "no answer", hue: 0 };
   let entries = [];
   try { entries = JSON.parse(sessionStorage.getItem("rollcall-strip") || "[]"); } catch (_) {}
-  entries.push({ id: instance, name, hue: Number(hue) || 0, kind, at: Date.now() });
+  entries.push({ id: instance, name, hue: Number(hue) || 0, kind: hero ? kind : "none", at: Date.now() });
   entries = entries.slice(-STRIP_MAX);
   try { sessionStorage.setItem("rollcall-strip", JSON.stringify(entries)); } catch (_) {}
   $("strip").innerHTML = entries
@@ -27,20 +29,21 @@ function record(hero, kind) {
 }
 
 async function poll() {
+  let answered = null;
   try {
     const r = await fetch("/page/regions", { cache: "no-store" });
     if (r.ok) {
       const regions = new DOMParser().parseFromString(await r.text(), "text/html");
+      answered = regions.getElementById("hero");
       for (const fresh of [...regions.body.children]) {
-        const old = fresh.id && $(fresh.id);
+        const old = fresh.id !== "hero" && fresh.id && $(fresh.id);
         if (old) old.replaceWith(document.adoptNode(fresh));
       }
-      record($("hero"), "poll");
-      document.title = $("hero").dataset.name + " · rollcall";
     }
   } catch (_) {
-    // A replica going away mid-poll is normal here; the next poll lands elsewhere.
+    // A replica going away mid-poll: recorded as no answer; the next poll lands elsewhere.
   }
+  record(answered, "poll");
   setTimeout(poll, POLL_MS);
 }
 

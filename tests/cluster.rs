@@ -809,6 +809,21 @@ async fn the_page_goes_live_in_a_real_browser() {
         }
     })
     .await;
+
+    // The replica behind the page goes away: the page says nobody answers, and keeps the
+    // hero of the replica that served it.
+    drop(a);
+    eventually("the strip to record a poll nobody answered", || async {
+        let none = browser.eval("return document.querySelectorAll('#strip li.none').length");
+        if none.as_u64().unwrap_or(0) >= 1 {
+            Ok(())
+        } else {
+            Err(none.to_string())
+        }
+    })
+    .await;
+    let hero = browser.eval("return document.querySelector('#served-name').textContent");
+    assert_eq!(hero, "r6");
 }
 
 /// Every replica publishes its row of direct probes and a hash of its view: any replica
