@@ -6,7 +6,7 @@
 //! by a neighbour therefore proves that replica at *its* address: the neighbour answering
 //! at another address is an alias, never that member.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::config::Secret;
