@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broadcast::Broadcaster;
 use crate::client::PeerClient;
-use crate::config::Settings;
+use crate::config::{Settings, Switch};
 use crate::discovery::admit::{self, Admit};
 use crate::discovery::announce::{self, Announce};
 use crate::discovery::announcements::{Announcements, Scope};
@@ -229,7 +229,7 @@ impl Application {
             tracing::info!("closing: finishing in-flight requests");
             let _ = closing.send(());
         };
-        let app = web::router(state, settings.status_page == "on");
+        let app = web::router(state, settings.status_page == Switch::On);
         // Open connections, bounded in all and per client address.
         let connections = Slots::connections(&settings.trusted_proxies.clone().unwrap_or_default());
         let served = web::serve::serve(listener, app, connections, graceful);

@@ -146,8 +146,8 @@ pub struct Settings {
 
     /// `off` hides the page, /api/status and /peer (replica names and private addresses);
     /// what replicas need from each other stays on.
-    #[arg(long, env = "STATUS_PAGE", default_value = "on", value_parser = ["on", "off"])]
-    pub status_page: String,
+    #[arg(long, env = "STATUS_PAGE", default_value = "on")]
+    pub status_page: Switch,
 
     /// After SIGTERM, `/readyz` answers 503 at once and the replica keeps serving until no
     /// request has arrived for about a second, or this many seconds at most; then it says
@@ -170,6 +170,13 @@ pub struct Settings {
     /// Log format: `text` or `json`. Default: text on a terminal, else json.
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+/// A setting that is `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

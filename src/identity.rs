@@ -10,10 +10,46 @@ use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use crate::config::{AutoOr, Settings};
 use crate::wire::{Identity, SystemFigures};
 
+/// The platforms rollcall recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformName {
+    /// No platform marker: a laptop, a VM, a CI runner.
+    Local,
+    DigitalOcean,
+    Kubernetes,
+    Dokku,
+    Heroku,
+    Render,
+    Fly,
+    Azure,
+    CloudRun,
+    Ecs,
+    /// ROLLCALL_PLATFORM names something else.
+    Container,
+}
+
+impl PlatformName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlatformName::Local => "local",
+            PlatformName::DigitalOcean => "digitalocean",
+            PlatformName::Kubernetes => "kubernetes",
+            PlatformName::Dokku => "dokku",
+            PlatformName::Heroku => "heroku",
+            PlatformName::Render => "render",
+            PlatformName::Fly => "fly",
+            PlatformName::Azure => "azure",
+            PlatformName::CloudRun => "cloudrun",
+            PlatformName::Ecs => "ecs",
+            PlatformName::Container => "container",
+        }
+    }
+}
+
 /// The platform, as told by the environment variables it sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
-    pub name: &'static str,
+    pub name: PlatformName,
     /// The environment variable that gave it away, for the discovery report.
     pub marker: Option<&'static str>,
 }
@@ -79,7 +115,7 @@ impl Platform {
     pub fn detect(env: Env) -> Platform {
         let Some(marker) = PLATFORM_MARKERS.iter().copied().find(|v| env(v).is_some()) else {
             return Platform {
-                name: "local",
+                name: PlatformName::Local,
                 marker: None,
             };
         };
@@ -91,27 +127,27 @@ impl Platform {
                     .to_ascii_lowercase()
                     .as_str()
                 {
-                    "digitalocean" | "do" | "app-platform" => "digitalocean",
-                    "kubernetes" | "k8s" => "kubernetes",
-                    "dokku" => "dokku",
-                    "heroku" => "heroku",
-                    "render" => "render",
-                    "fly" => "fly",
-                    "azure" => "azure",
-                    "cloudrun" => "cloudrun",
-                    "ecs" => "ecs",
-                    _ => "container",
+                    "digitalocean" | "do" | "app-platform" => PlatformName::DigitalOcean,
+                    "kubernetes" | "k8s" => PlatformName::Kubernetes,
+                    "dokku" => PlatformName::Dokku,
+                    "heroku" => PlatformName::Heroku,
+                    "render" => PlatformName::Render,
+                    "fly" => PlatformName::Fly,
+                    "azure" => PlatformName::Azure,
+                    "cloudrun" => PlatformName::CloudRun,
+                    "ecs" => PlatformName::Ecs,
+                    _ => PlatformName::Container,
                 }
             }
-            "KUBERNETES_SERVICE_HOST" => "kubernetes",
+            "KUBERNETES_SERVICE_HOST" => PlatformName::Kubernetes,
             // Dokku runs Heroku's buildpacks and sets DYNO the same way.
-            "DYNO" if any_set(env, DOKKU_VARS) && !any_set(env, HEROKU_VARS) => "dokku",
-            "DYNO" => "heroku",
-            "RENDER_SERVICE_NAME" => "render",
-            "FLY_APP_NAME" => "fly",
-            "ECS_CONTAINER_METADATA_URI_V4" => "ecs",
-            "WEBSITE_INSTANCE_ID" => "azure",
-            _ => "cloudrun",
+            "DYNO" if any_set(env, DOKKU_VARS) && !any_set(env, HEROKU_VARS) => PlatformName::Dokku,
+            "DYNO" => PlatformName::Heroku,
+            "RENDER_SERVICE_NAME" => PlatformName::Render,
+            "FLY_APP_NAME" => PlatformName::Fly,
+            "ECS_CONTAINER_METADATA_URI_V4" => PlatformName::Ecs,
+            "WEBSITE_INSTANCE_ID" => PlatformName::Azure,
+            _ => PlatformName::CloudRun,
         };
         Platform {
             name,
@@ -237,7 +273,7 @@ impl Me {
                 addr,
                 version: env!("CARGO_PKG_VERSION").into(),
                 started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                platform: platform.name.into(),
+                platform: platform.name.as_str().into(),
                 system: SystemFigures::default(),
                 proof: None,
                 mesh: None,
@@ -408,7 +444,7 @@ pub(crate) mod tests {
         ];
         for (vars, name, marker) in cases {
             let p = Platform::detect(&env_of(vars));
-            assert_eq!((p.name, p.marker), (*name, *marker), "{vars:?}");
+            assert_eq!((p.name.as_str(), p.marker), (*name, *marker), "{vars:?}");
         }
     }
 

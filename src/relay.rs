@@ -20,11 +20,21 @@ use crate::membership::{Membership, State};
 use crate::relay_auth::{self, SignedMessage};
 use crate::store::Store;
 
+/// How messages travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Sent to every member directly.
+    #[default]
+    Direct,
+    /// Through a hub replica behind the load balancer.
+    Relay,
+}
+
 /// Where messages go, for the page and `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RelayView {
-    /// `direct` or `relay`.
-    pub mode: &'static str,
+    pub mode: RelayMode,
     /// The hub's instance id, in relay mode.
     pub hub: Option<String>,
     pub detail: String,
@@ -82,7 +92,7 @@ impl Relay {
             .unwrap_or_default()
     }
 
-    fn set(&self, mode: &'static str, hub: Option<String>, detail: String) {
+    fn set(&self, mode: RelayMode, hub: Option<String>, detail: String) {
         if let Ok(mut v) = self.inner.view.lock() {
             *v = RelayView { mode, hub, detail };
         }
@@ -229,7 +239,7 @@ pub async fn run(
 ) {
     let Some(public) = relay.inner.public.clone() else {
         relay.set(
-            "direct",
+            RelayMode::Direct,
             None,
             "PUBLIC_URL is not set: messages go directly to members".into(),
         );
@@ -237,7 +247,7 @@ pub async fn run(
     };
     let Some(registry) = store else {
         relay.set(
-            "direct",
+            RelayMode::Direct,
             None,
             "relay needs the registry (DATABASE_URL) to agree on a hub".into(),
         );
@@ -245,7 +255,7 @@ pub async fn run(
     };
     let Some(secret) = relay.secret().cloned() else {
         relay.set(
-            "direct",
+            RelayMode::Direct,
             None,
             "relay needs CLUSTER_SECRET: what crosses the public address must be signed".into(),
         );
@@ -260,7 +270,7 @@ pub async fn run(
         if unreachable_peers(&reports, &membership) == 0 {
             retry.reset();
             relay.set(
-                "direct",
+                RelayMode::Direct,
                 None,
                 "every known replica answers directly".into(),
             );
@@ -270,7 +280,7 @@ pub async fn run(
             Ok(stored) => stored,
             Err(e) => {
                 relay.set(
-                    "relay",
+                    RelayMode::Relay,
                     None,
                     format!("cannot read the hub from the registry: {e}"),
                 );
@@ -286,7 +296,7 @@ pub async fn run(
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 relay.set(
-                    "relay",
+                    RelayMode::Relay,
                     None,
                     format!("{} answered HTTP {}", public.join("/api/relay"), r.status()),
                 );
@@ -294,7 +304,7 @@ pub async fn run(
             }
             Err(e) => {
                 relay.set(
-                    "relay",
+                    RelayMode::Relay,
                     None,
                     format!("cannot reach {}: {e}", public.join("")),
                 );
@@ -322,7 +332,7 @@ pub async fn run(
             .map(str::to_string)
         else {
             relay.set(
-                "relay",
+                RelayMode::Relay,
                 None,
                 "the public URL did not answer as a rollcall replica".into(),
             );
@@ -336,7 +346,7 @@ pub async fn run(
             (Some(_), None) => Ok(stored.clone()),
             (None, None) => {
                 relay.set(
-                    "relay",
+                    RelayMode::Relay,
                     None,
                     format!(
                         "the load balancer sets no {name} cookie: set AFFINITY_COOKIE to its name"
@@ -350,13 +360,17 @@ pub async fn run(
             // Someone else recorded another hub first: connect to that one instead.
             Ok(_) => continue,
             Err(e) => {
-                relay.set("relay", None, format!("cannot record the hub: {e}"));
+                relay.set(
+                    RelayMode::Relay,
+                    None,
+                    format!("cannot record the hub: {e}"),
+                );
                 continue;
             }
         };
         relay.set_cookie(Some(cookie.clone()));
         relay.set(
-            "relay",
+            RelayMode::Relay,
             Some(hub.clone()),
             format!("through {} to hub {hub}", public.join("")),
         );
@@ -382,7 +396,11 @@ pub async fn run(
         }
         tracing::warn!(%hub, "relay connection lost; agreeing on the next hub");
         relay.set_cookie(None);
-        relay.set("relay", None, format!("hub {hub} went away; reconnecting"));
+        relay.set(
+            RelayMode::Relay,
+            None,
+            format!("hub {hub} went away; reconnecting"),
+        );
         let _ = registry.release_hub(&service, &cookie).await;
     }
 }

@@ -49,6 +49,56 @@ fn clip_text(s: &str, chars: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(chars).collect()
 }
 
+/// What a timeline entry is about (peers' entries may carry other words: they are shown,
+/// not interpreted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Joined,
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+    Restarted,
+    Conflict,
+    Forgotten,
+    Foreign,
+    Alias,
+    /// The registry became unreachable, or reachable again.
+    Registry,
+    /// This timeline fell behind and skipped changes.
+    Missed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Joined => "joined",
+            EventKind::Alive => "alive",
+            EventKind::Suspect => "suspect",
+            EventKind::Dead => "dead",
+            EventKind::Left => "left",
+            EventKind::Restarted => "restarted",
+            EventKind::Conflict => "conflict",
+            EventKind::Forgotten => "forgotten",
+            EventKind::Foreign => "foreign",
+            EventKind::Alias => "alias",
+            EventKind::Registry => "registry",
+            EventKind::Missed => "missed",
+        }
+    }
+}
+
+impl From<State> for EventKind {
+    fn from(state: State) -> EventKind {
+        match state {
+            State::Alive => EventKind::Alive,
+            State::Suspect => EventKind::Suspect,
+            State::Dead => EventKind::Dead,
+            State::Left => EventKind::Left,
+        }
+    }
+}
+
 /// The timeline: this replica's own last events, and the other members' as last
 /// collected (instance id → events).
 #[derive(Clone, Default)]
@@ -71,7 +121,7 @@ impl Timeline {
     }
 
     /// Something a source ran into (a registry error, say).
-    pub fn note(&self, kind: &str, detail: String) {
+    pub fn note(&self, kind: EventKind, detail: String) {
         self.record(entry(kind, None, None, detail));
     }
 
@@ -109,10 +159,15 @@ impl Timeline {
     }
 }
 
-fn entry(kind: &str, who: Option<&Who>, addr: Option<SocketAddr>, detail: String) -> TimelineEvent {
+fn entry(
+    kind: EventKind,
+    who: Option<&Who>,
+    addr: Option<SocketAddr>,
+    detail: String,
+) -> TimelineEvent {
     TimelineEvent {
         at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        kind: kind.to_string(),
+        kind: kind.as_str().to_string(),
         instance_id: who.map(|w| w.instance_id.clone()),
         name: who.map(|w| w.name.clone()),
         addr: who.map(|w| w.addr).or(addr),
@@ -125,7 +180,7 @@ fn entry(kind: &str, who: Option<&Who>, addr: Option<SocketAddr>, detail: String
 pub fn of_event(event: &MemberEvent) -> TimelineEvent {
     match event {
         MemberEvent::Joined { who, sources } => entry(
-            "joined",
+            EventKind::Joined,
             Some(who),
             None,
             sources
@@ -135,30 +190,35 @@ pub fn of_event(event: &MemberEvent) -> TimelineEvent {
                 .join(", "),
         ),
         MemberEvent::StateChanged { who, to, error, .. } => entry(
-            to.as_str(),
+            EventKind::from(*to),
             Some(who),
             None,
             error.clone().unwrap_or_default(),
         ),
         MemberEvent::Restarted { who, by, .. } => entry(
-            "restarted",
+            EventKind::Restarted,
             Some(who),
             None,
             format!("address now answers as instance {by}"),
         ),
         MemberEvent::Conflict { who, with } => entry(
-            "conflict",
+            EventKind::Conflict,
             Some(who),
             None,
             format!("address conflict: instance {with} claims the same address"),
         ),
-        MemberEvent::Forgotten { who } => entry("forgotten", Some(who), None, String::new()),
+        MemberEvent::Forgotten { who } => {
+            entry(EventKind::Forgotten, Some(who), None, String::new())
+        }
         MemberEvent::Foreign { addr, reason } => {
-            entry("foreign", None, Some(*addr), reason.clone())
+            entry(EventKind::Foreign, None, Some(*addr), reason.clone())
         }
-        MemberEvent::Alias { addr } => {
-            entry("alias", None, Some(*addr), "load-balanced address".into())
-        }
+        MemberEvent::Alias { addr } => entry(
+            EventKind::Alias,
+            None,
+            Some(*addr),
+            "load-balanced address".into(),
+        ),
     }
 }
 
@@ -169,7 +229,7 @@ pub async fn follow(timeline: Timeline, mut events: broadcast::Receiver<MemberEv
             Ok(event) => timeline.record(of_event(&event)),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 timeline.note(
-                    "missed",
+                    EventKind::Missed,
                     format!("{missed} membership changes not recorded"),
                 );
             }

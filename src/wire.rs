@@ -109,6 +109,37 @@ impl Method {
     }
 }
 
+/// How well a method (or one piece of its evidence) worked here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodStatus {
+    /// Found every replica it could be expected to.
+    Works,
+    /// Found some.
+    Partial,
+    /// Ran, and found none (or failed).
+    Fails,
+    /// Switched off here.
+    Off,
+}
+
+impl MethodStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodStatus::Works => "works",
+            MethodStatus::Partial => "partial",
+            MethodStatus::Fails => "fails",
+            MethodStatus::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for MethodStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something that happened to the cluster, as one replica saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEvent {

@@ -21,10 +21,10 @@ use super::candidate::Candidate;
 use super::report::{Evidence, Report, classify};
 use super::source::{Round, Source};
 use crate::config::{DnsNames, Settings, is_dns_name};
-use crate::identity::{Env, Me};
+use crate::identity::{Env, Me, PlatformName};
 use crate::membership::Snapshot;
 use crate::metrics::Metrics;
-use crate::wire::Method;
+use crate::wire::{Method, MethodStatus};
 
 /// How often names are resolved again.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -90,7 +90,7 @@ pub fn plan(
             let mut names = Vec::new();
             names.extend(env("RENDER_DISCOVERY_SERVICE"));
             names.extend(env("FLY_APP_NAME").map(|app| format!("{app}.internal")));
-            if me.platform.name == "dokku" {
+            if me.platform.name == PlatformName::Dokku {
                 // Dokku gives every container of APP's process type the alias APP.PROC_TYPE.
                 let proc_type = env("DYNO")
                     .and_then(|d| d.split('.').next().map(str::to_string))
@@ -226,7 +226,7 @@ impl Source for Dns {
                             .collect();
                         classify(&addrs, snapshot, self.me)
                     }
-                    Err(why) => ("fails", why.clone()),
+                    Err(why) => (MethodStatus::Fails, why.clone()),
                 };
                 Evidence {
                     subject,
@@ -237,7 +237,7 @@ impl Source for Dns {
             .collect();
         let listing = evidence
             .iter()
-            .filter(|e| e.status == "works" && !e.subject.ends_with(')'))
+            .filter(|e| e.status == MethodStatus::Works && !e.subject.ends_with(')'))
             .count();
         Report {
             last_run: Some(Instant::now()),

@@ -21,8 +21,8 @@ use crate::identity::Me;
 use crate::membership::{Snapshot, State};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Claim, Store, StoreError};
-use crate::timeline::Timeline;
-use crate::wire::Method;
+use crate::timeline::{EventKind, Timeline};
+use crate::wire::{Method, MethodStatus};
 
 /// The registry method: heartbeats into the store and reads everyone's rows.
 pub struct Registry {
@@ -128,13 +128,20 @@ impl Registry {
                     .member(&c.instance_id)
                     .is_some_and(|m| m.state == State::Alive);
                 let (status, detail) = match (self.is_fresh(c), verified) {
-                    (false, _) => ("fails", format!("stale ({age} old): ignored and deleted")),
-                    _ if c.instance_id == self.me.id() => {
-                        ("works", format!("this replica; heartbeat {age} ago"))
-                    }
-                    (true, true) => ("works", format!("heartbeat {age} ago; answers directly")),
+                    (false, _) => (
+                        MethodStatus::Fails,
+                        format!("stale ({age} old): ignored and deleted"),
+                    ),
+                    _ if c.instance_id == self.me.id() => (
+                        MethodStatus::Works,
+                        format!("this replica; heartbeat {age} ago"),
+                    ),
+                    (true, true) => (
+                        MethodStatus::Works,
+                        format!("heartbeat {age} ago; answers directly"),
+                    ),
                     (true, false) => (
-                        "partial",
+                        MethodStatus::Partial,
                         format!("heartbeat {age} ago; does not answer directly from here"),
                     ),
                 };
@@ -169,7 +176,7 @@ impl Registry {
     fn unavailable(&mut self, e: &StoreError, took: Duration) -> Report {
         tracing::warn!(error = %e, "registry unavailable");
         if !self.failing {
-            self.timeline.note("registry", e.to_string());
+            self.timeline.note(EventKind::Registry, e.to_string());
             self.metrics.registry_error();
         }
         self.failing = true;
@@ -219,7 +226,8 @@ impl Source for Registry {
         match found {
             Ok((claims, removed)) => {
                 if self.failing {
-                    self.timeline.note("registry", "reachable again".into());
+                    self.timeline
+                        .note(EventKind::Registry, "reachable again".into());
                 }
                 self.failing = false;
                 self.last_heartbeat = Some(Instant::now());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::membership::{Snapshot, State};
-use crate::wire::Method;
+use crate::wire::{Method, MethodStatus};
 
 /// What a source says about its own work, for the discovery report.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,7 @@ impl Report {
 pub struct Evidence {
     pub subject: String,
     /// works, partial, fails or off, like the methods themselves.
-    pub status: &'static str,
+    pub status: MethodStatus,
     pub detail: String,
 }
 
@@ -59,7 +59,7 @@ pub fn classify(
     answers: &[SocketAddr],
     snapshot: &Snapshot,
     me: SocketAddr,
-) -> (&'static str, String) {
+) -> (MethodStatus, String) {
     let is_replica = |a: &SocketAddr| {
         *a == me
             || snapshot
@@ -83,23 +83,26 @@ pub fn classify(
         .collect::<Vec<_>>()
         .join(", ");
     match (answers.len(), replicas) {
-        (0, _) => ("fails", "no addresses".into()),
-        (n, r) if r == n && r >= 2 => ("works", format!("{list}: lists {r} replicas")),
-        (1, 1) if answers[0] == me => ("partial", format!("{list}: only this replica")),
-        (1, 1) => ("works", format!("{list}: a replica")),
+        (0, _) => (MethodStatus::Fails, "no addresses".into()),
+        (n, r) if r == n && r >= 2 => (MethodStatus::Works, format!("{list}: lists {r} replicas")),
+        (1, 1) if answers[0] == me => (MethodStatus::Partial, format!("{list}: only this replica")),
+        (1, 1) => (MethodStatus::Works, format!("{list}: a replica")),
         _ if !balanced.is_empty() => (
-            "partial",
+            MethodStatus::Partial,
             format!(
                 "{list}: load-balanced address, answered as {} replica(s) so far; not a peer list",
                 balanced.iter().max().copied().unwrap_or(0)
             ),
         ),
         (n, r) if r > 0 => (
-            "partial",
+            MethodStatus::Partial,
             format!("{list}: {r} of {n} addresses are replicas"),
         ),
-        _ if foreign > 0 => ("fails", format!("{list}: not this service (foreign)")),
-        _ => ("fails", format!("{list}: no replica answered")),
+        _ if foreign > 0 => (
+            MethodStatus::Fails,
+            format!("{list}: not this service (foreign)"),
+        ),
+        _ => (MethodStatus::Fails, format!("{list}: no replica answered")),
     }
 }
 

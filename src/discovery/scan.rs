@@ -248,13 +248,14 @@ fn join(ports: &[u16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::PlatformName;
 
     fn platform(marker: Option<&'static str>) -> Platform {
         Platform {
             name: if marker.is_some() {
-                "kubernetes"
+                PlatformName::Kubernetes
             } else {
-                "local"
+                PlatformName::Local
             },
             marker,
         }

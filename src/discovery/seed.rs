@@ -14,7 +14,7 @@ use super::report::{Evidence, Report, classify};
 use super::source::{Round, Source};
 use crate::config::{SeedPeer, SeedPeers};
 use crate::membership::Snapshot;
-use crate::wire::Method;
+use crate::wire::{Method, MethodStatus};
 
 async fn resolve(
     seed: &SeedPeer,
@@ -81,7 +81,7 @@ impl Source for Seed {
             .map(|(seed, addrs)| {
                 let (status, detail) = match addrs {
                     Ok(addrs) => classify(addrs, snapshot, self.me),
-                    Err(why) => ("fails", why.clone()),
+                    Err(why) => (MethodStatus::Fails, why.clone()),
                 };
                 Evidence {
                     subject: seed.to_string(),

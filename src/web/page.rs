@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use crate::broadcast::{Broadcaster, Message};
+use crate::relay::RelayMode;
 
 /// The page. Each named block is a live region that `/page/regions` renders again.
 #[derive(Template, WebTemplate)]
@@ -167,7 +168,7 @@ impl IndexPage {
     fn relay_text(&self) -> String {
         match (&self.s.relay.hub, self.s.relay.mode) {
             (Some(hub), _) => format!("relayed through hub {}", self.name_of(hub)),
-            (None, "relay") => format!("relay: {}", self.s.relay.detail),
+            (None, RelayMode::Relay) => format!("relay: {}", self.s.relay.detail),
             _ => "sent directly to every member".into(),
         }
     }
@@ -285,6 +286,7 @@ impl IndexPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::MethodStatus;
 
     #[test]
     fn hue_is_a_stable_angle() {
@@ -328,7 +330,7 @@ mod tests {
                 aliases: vec![],
                 discovery: vec![MethodView {
                     method: crate::wire::Method::Scan,
-                    status: "works",
+                    status: MethodStatus::Works,
                     found: 1,
                     last_run_ms_ago: Some(800),
                     duration_ms: Some(12),

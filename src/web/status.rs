@@ -15,9 +15,9 @@ use crate::membership::{Member, Membership, State};
 use crate::prober::{LoadBalancerCall, ViaLoadBalancer};
 use crate::relay::{Relay, RelayView};
 use crate::timeline::Timeline;
-use crate::wire::Method;
 use crate::wire::TimelineEvent;
 use crate::wire::{Identity, MeshCell, SystemFigures};
+use crate::wire::{Method, MethodStatus};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -83,7 +83,7 @@ pub struct AliasView {
 #[derive(Debug, Serialize)]
 pub struct MethodView {
     pub method: Method,
-    pub status: &'static str,
+    pub status: MethodStatus,
     pub found: usize,
     pub last_run_ms_ago: Option<u64>,
     pub duration_ms: Option<u64>,
@@ -257,11 +257,11 @@ fn method_view(
         .filter(|_| method.enumerates())
         .map(|e| e.saturating_sub(1) as usize);
     let status = match (&report.off, report.failed, found) {
-        (Some(_), _, _) => "off",
-        (None, true, _) => "fails",
-        (None, false, 0) => "fails",
-        (None, false, n) if others_expected.is_some_and(|want| n < want) => "partial",
-        _ => "works",
+        (Some(_), _, _) => MethodStatus::Off,
+        (None, true, _) => MethodStatus::Fails,
+        (None, false, 0) => MethodStatus::Fails,
+        (None, false, n) if others_expected.is_some_and(|want| n < want) => MethodStatus::Partial,
+        _ => MethodStatus::Works,
     };
     let detail = match &report.off {
         Some(why) => why.clone(),
@@ -294,7 +294,7 @@ pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
     }];
     let working: Vec<&str> = discovery
         .iter()
-        .filter(|d| d.status == "works")
+        .filter(|d| d.status == MethodStatus::Works)
         .map(|d| d.method.as_str())
         .collect();
     if !working.is_empty() {
@@ -302,7 +302,7 @@ pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
     }
     if let Some(dns) = discovery
         .iter()
-        .find(|d| d.method == Method::Dns && d.status != "off")
+        .find(|d| d.method == Method::Dns && d.status != MethodStatus::Off)
     {
         parts.push(if dns.found > 0 {
             "a DNS name lists them".into()
@@ -340,7 +340,7 @@ mod tests {
         }
     }
 
-    fn method(method: Method, status: &'static str, found: usize) -> MethodView {
+    fn method(method: Method, status: MethodStatus, found: usize) -> MethodView {
         MethodView {
             method,
             status,
@@ -357,10 +357,10 @@ mod tests {
     fn verdicts() {
         let me = member(true, State::Alive);
         let report = [
-            method(Method::Scan, "works", 2),
-            method(Method::Registry, "works", 2),
-            method(Method::Dns, "fails", 0),
-            method(Method::Seed, "off", 0),
+            method(Method::Scan, MethodStatus::Works, 2),
+            method(Method::Registry, MethodStatus::Works, 2),
+            method(Method::Dns, MethodStatus::Fails, 0),
+            method(Method::Seed, MethodStatus::Off, 0),
         ];
         let three = [
             me.clone(),
@@ -380,7 +380,7 @@ mod tests {
             "Replicas know of each other (2 other(s)) but cannot call each other directly"
         ));
         // Known only from registry rows, never reached: still not alone.
-        let mut registry = method(Method::Registry, "fails", 0);
+        let mut registry = method(Method::Registry, MethodStatus::Fails, 0);
         registry.claimed = 2;
         assert!(
             verdict(std::slice::from_ref(&me), &[registry])
