@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -385,9 +386,9 @@ impl FromStr for Database {
 }
 
 /// `CLUSTER_SECRET`: the current secret, then any previous ones still accepted during a
-/// rotation (a comma list). Never shown by Debug, logs or pages.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<String>);
+/// rotation (a comma list). Never shown by Debug, logs or pages; zeroed when dropped.
+#[derive(Clone)]
+pub struct Secret(Vec<SecretString>);
 
 /// The value the deploy specs ship for `CLUSTER_SECRET`, for the user to replace. Anyone
 /// can read it, so it proves nothing.
@@ -399,7 +400,7 @@ const MAX_SECRETS: usize = 4;
 impl Secret {
     /// The secret this replica proves with.
     pub fn current(&self) -> &[u8] {
-        self.0.first().map_or(&[], |s| s.as_bytes())
+        self.0.first().map_or(&[], |s| s.expose_secret().as_bytes())
     }
 
     /// Every secret a peer's proof may use.
@@ -407,12 +408,15 @@ impl Secret {
         // The placeholder is public: a proof made with it proves nothing, in any position.
         self.0
             .iter()
+            .map(|s| s.expose_secret())
             .filter(|s| *s != PLACEHOLDER_SECRET)
-            .map(|s| s.as_bytes())
+            .map(str::as_bytes)
     }
 
     pub fn is_placeholder(&self) -> bool {
-        self.0.first().is_some_and(|s| s == PLACEHOLDER_SECRET)
+        self.0
+            .first()
+            .is_some_and(|s| s.expose_secret() == PLACEHOLDER_SECRET)
     }
 }
 
@@ -435,34 +439,42 @@ impl FromStr for Secret {
         if secrets.iter().any(|s| s.len() < 16) {
             return Err("each secret must be at least 16 characters".into());
         }
-        Ok(Secret(secrets))
+        Ok(Secret(
+            secrets.into_iter().map(SecretString::from).collect(),
+        ))
     }
 }
 
 /// `PUBLIC_URL`: an http(s) URL with a host and nothing after the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicUrl(String);
+pub struct PublicUrl(url::Url);
 
 impl PublicUrl {
     /// The URL of `path` on the public address.
     pub fn join(&self, path: &str) -> String {
-        format!("{}{path}", self.0.trim_end_matches('/'))
+        format!("{}{path}", self.0.as_str().trim_end_matches('/'))
     }
 }
 
 impl FromStr for PublicUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let rest = s
-            .strip_prefix("https://")
-            .or_else(|| s.strip_prefix("http://"))
-            .ok_or("must start with http:// or https://")?;
-        let host = rest.split('/').next().unwrap_or("");
-        if host.is_empty() || s.contains(['?', '#', ' ']) {
-            return Err("must be a URL like https://app.example.com".into());
+        let url = url::Url::parse(s.trim())
+            .map_err(|e| format!("must be a URL like https://app.example.com ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must start with http:// or https://".into());
         }
-        Ok(PublicUrl(s.to_string()))
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("must name a host, like https://app.example.com".into());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("must have no ?query or #fragment".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // It is shown on the page and in logs.
+            return Err("must carry no user name or password".into());
+        }
+        Ok(PublicUrl(url))
     }
 }
 
@@ -764,6 +776,36 @@ mod tests {
         );
         for bad in ["10.0.0.5", "peer:0", "peer:http", "bad host:80", ":80", ""] {
             assert!(bad.parse::<SeedPeers>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_urls_parse_and_join() {
+        let url: PublicUrl = "https://app.example.com/".parse().unwrap();
+        assert_eq!(url.join("/api/relay"), "https://app.example.com/api/relay");
+        let under: PublicUrl = "http://10.0.0.1:8080/rollcall".parse().unwrap();
+        assert_eq!(under.join("/api/x"), "http://10.0.0.1:8080/rollcall/api/x");
+        for bad in [
+            "app.example.com",
+            "ftp://app.example.com",
+            "https://app.example.com/?a=1",
+            "https://user:pw@app.example.com",
+            "https://",
+        ] {
+            assert!(bad.parse::<PublicUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_are_whole_numbers_in_range() {
+        let cli = Cli::try_parse_from(["rollcall", "--probe-interval-ms", "250"]).unwrap();
+        assert_eq!(cli.settings.probe_interval, Duration::from_millis(250));
+        for bad in ["10", "-1", "1.5", "x"] {
+            let arg = format!("--probe-interval-ms={bad}");
+            let err = Cli::try_parse_from(["rollcall", arg.as_str()]).unwrap_err();
+            let line = one_line_error(&err);
+            assert!(line.contains("PROBE_INTERVAL_MS"), "{line}");
+            assert!(line.contains("50 to 600000"), "{line}");
         }
     }
 
