@@ -29,6 +29,8 @@ pub enum DemoError {
     FrontDoor(std::io::Error),
     #[error("temporary directory: {0}")]
     TempDir(std::io::Error),
+    #[error("front door client: {0}")]
+    Client(#[from] reqwest::Error),
 }
 
 /// Where the replicas live.
@@ -131,7 +133,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         })));
     }
 
-    let door = Arc::new(FrontDoor::new(layout.replicas.clone()));
+    let door = Arc::new(FrontDoor::new(layout.replicas.clone())?);
     let mut stop = stop_rx.clone();
     let front_task = tokio::spawn(async move {
         axum::serve(
@@ -186,17 +188,16 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 impl FrontDoor {
-    fn new(backends: Vec<SocketAddr>) -> FrontDoor {
-        FrontDoor {
+    fn new(backends: Vec<SocketAddr>) -> Result<FrontDoor, reqwest::Error> {
+        Ok(FrontDoor {
             backends,
             next: AtomicUsize::new(0),
             client: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(1))
-                .build()
-                .unwrap_or_default(),
-        }
+                .build()?,
+        })
     }
 
     fn router(door: Arc<FrontDoor>) -> Router {
