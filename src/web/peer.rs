@@ -4,10 +4,9 @@
 //! A public endpoint that makes outbound calls must not amplify traffic: one fan-out at a
 //! time per replica, its result reused for a second, and rate limits per client and in all.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -17,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::limits::Limits;
-use crate::membership::{Member, Membership, State as MemberState};
+use crate::membership::{MAX_MEMBERS, Member, Membership, State as MemberState};
 use crate::metrics::Metrics;
 use crate::verify::{Verifier, clip};
 use crate::wire::Identity;
@@ -55,27 +54,23 @@ pub struct CallResult {
 /// How long a fan-out's result answers later requests.
 const REUSE_FOR: Duration = Duration::from_secs(1);
 
-/// One fan-out at a time, its result reused; rate limits are in [`Limits`].
-#[derive(Default)]
+/// One fan-out at a time, its result reused for [`REUSE_FOR`]; rate limits are in
+/// [`Limits`].
 pub struct PeerGate {
     flight: tokio::sync::Mutex<()>,
-    recent: Mutex<HashMap<Option<String>, (Instant, PeerCalls)>>,
+    /// Results by target (`None`: every member); a target is a member id, so at most
+    /// one entry per member plus one.
+    recent: moka::sync::Cache<Option<String>, PeerCalls>,
 }
 
-impl PeerGate {
-    fn reuse(&self, to: &Option<String>, now: Instant) -> Option<PeerCalls> {
-        let recent = self.recent.lock().ok()?;
-        recent
-            .get(to)
-            .filter(|(at, _)| now.duration_since(*at) < REUSE_FOR)
-            .map(|(_, calls)| calls.clone())
-    }
-
-    fn remember(&self, to: Option<String>, calls: &PeerCalls) {
-        if let Ok(mut recent) = self.recent.lock() {
-            let now = Instant::now();
-            recent.retain(|_, (at, _)| now.duration_since(*at) < REUSE_FOR);
-            recent.insert(to, (now, calls.clone()));
+impl Default for PeerGate {
+    fn default() -> PeerGate {
+        PeerGate {
+            flight: tokio::sync::Mutex::new(()),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(MAX_MEMBERS as u64 + 1)
+                .time_to_live(REUSE_FOR)
+                .build(),
         }
     }
 }
@@ -117,12 +112,12 @@ pub async fn call_peers(
             clip(id)
         )));
     }
-    if let Some(calls) = gate.reuse(&query.to, Instant::now()) {
+    if let Some(calls) = gate.recent.get(&query.to) {
         return Ok(Json(calls));
     }
     // One fan-out at a time; whoever waited here gets its result.
     let _flight = gate.flight.lock().await;
-    if let Some(calls) = gate.reuse(&query.to, Instant::now()) {
+    if let Some(calls) = gate.recent.get(&query.to) {
         return Ok(Json(calls));
     }
     let snapshot = membership.snapshot();
@@ -140,7 +135,7 @@ pub async fn call_peers(
         from: verifier.me().identity(),
         results,
     };
-    gate.remember(query.to, &calls);
+    gate.recent.insert(query.to, calls.clone());
     Ok(Json(calls))
 }
 
