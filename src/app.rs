@@ -309,6 +309,7 @@ impl Background {
             candidates: self.candidate_queue.clone(),
             membership: s.membership.clone(),
             reports: s.reports.clone(),
+            metrics: s.metrics.clone(),
             cancel: stop.clone(),
         };
         let concurrency = scan_concurrency(settings.scan_concurrency as usize);

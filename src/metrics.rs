@@ -14,6 +14,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use crate::membership::{Snapshot, State};
+use crate::wire::Method;
 
 /// Upper bounds of the probe RTT histogram, in seconds.
 const RTT_BUCKETS: [f64; 10] = [
@@ -27,6 +28,9 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 const PROBE_RTT: &str = "rollcall_probe_rtt_seconds";
 const REQUEST_DURATION: &str = "rollcall_http_request_duration_seconds";
+const ROUND_DURATION: &str = "rollcall_discovery_round_seconds";
+/// Upper bounds of the discovery round histogram, in seconds (a scan of a /16 takes a few).
+const ROUND_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// One replica's metrics: cheap to clone, shared by every stage that counts something.
 #[derive(Clone)]
@@ -47,6 +51,7 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(PROBE_RTT.into()), &RTT_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &REQUEST_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(ROUND_DURATION.into()), &ROUND_BUCKETS)?
             .build_recorder();
         let recorder = Arc::new(recorder);
         let metrics = with_local_recorder(recorder.as_ref(), || {
@@ -83,6 +88,16 @@ impl Metrics {
         with_local_recorder(self.recorder.as_ref(), || {
             gauge!("rollcall_scan_duration_seconds").set(secs);
             gauge!("rollcall_scan_addresses_per_second").set(addresses as f64 / secs.max(1e-9));
+        });
+    }
+
+    /// One round of a discovery method: how long gathering took, and whether it failed.
+    pub fn round(&self, method: Method, took: Duration, failed: bool) {
+        let outcome = if failed { "failed" } else { "ok" };
+        with_local_recorder(self.recorder.as_ref(), || {
+            counter!("rollcall_discovery_rounds_total", "method" => method.as_str(), "outcome" => outcome)
+                .increment(1);
+            histogram!(ROUND_DURATION, "method" => method.as_str()).record(took.as_secs_f64());
         });
     }
 
@@ -179,6 +194,14 @@ fn describe() {
         "HTTP requests by route and status."
     );
     describe_histogram!(REQUEST_DURATION, "HTTP request duration by route.");
+    describe_counter!(
+        "rollcall_discovery_rounds_total",
+        "Rounds of each discovery method, by outcome."
+    );
+    describe_histogram!(
+        ROUND_DURATION,
+        "How long each discovery method took to gather a round."
+    );
 }
 
 #[cfg(test)]
@@ -193,6 +216,7 @@ mod tests {
         metrics.probe(None);
         metrics.request("/api/status", 200, Duration::from_millis(2));
         metrics.scan(Duration::from_millis(500), 1000);
+        metrics.round(Method::Dns, Duration::from_millis(20), false);
         let snapshot = Membership::new(Timing {
             dead_after: Duration::from_secs(3),
             forget_after: Duration::from_secs(600),
@@ -211,6 +235,8 @@ mod tests {
             "# TYPE rollcall_http_request_duration_seconds histogram",
             "rollcall_scan_addresses_per_second 2000",
             "rollcall_build_info{version=\"",
+            "rollcall_discovery_rounds_total{method=\"dns\",outcome=\"ok\"} 1",
+            "rollcall_discovery_round_seconds_bucket{method=\"dns\",le=\"0.05\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::candidate::{Candidate, CandidateQueue};
 use super::report::{Report, Reports};
 use crate::membership::{Membership, Snapshot};
+use crate::metrics::Metrics;
 use crate::wire::Method;
 
 /// How long a round waits for its candidates' verification before it is judged (each
@@ -63,6 +64,7 @@ pub struct Context {
     pub candidates: CandidateQueue,
     pub membership: Membership,
     pub reports: Reports,
+    pub metrics: Metrics,
     pub cancel: CancellationToken,
 }
 
@@ -108,6 +110,7 @@ async fn rounds<S: Source>(source: Result<S, String>, ctx: Context) {
             return;
         }
         let report = source.judge(round.found, &ctx.membership.snapshot(), took);
+        ctx.metrics.round(method, took, report.failed);
         ctx.reports.set(method, report);
         let pause = source.pause(started.elapsed());
         tokio::select! {
