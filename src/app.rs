@@ -54,17 +54,8 @@ pub enum AppError {
 
 /// A replica, built and bound, not yet running.
 pub struct Application {
-    settings: Arc<Settings>,
     listener: TcpListener,
-    state: AppState,
-    store: Option<Store>,
-    candidates: mpsc::Receiver<Candidate>,
-    candidate_queue: candidate::CandidateQueue,
-    announced: mpsc::Receiver<SocketAddr>,
-    announcements: Announcements,
-    hub_http: reqwest::Client,
-    /// Subscribed as the table is made, so no change goes unrecorded or unlogged.
-    member_events: [broadcast::Receiver<MemberEvent>; 2],
+    background: Background,
 }
 
 impl Application {
@@ -148,28 +139,30 @@ impl Application {
             me,
         };
         Ok(Application {
-            store: Store::open(&settings.database_url),
-            settings,
             listener,
-            state,
-            candidates,
-            candidate_queue,
-            announced,
-            announcements,
-            hub_http: crate::client::public_http()?,
-            member_events,
+            background: Background {
+                store: Store::open(&settings.database_url),
+                settings,
+                state,
+                candidates,
+                candidate_queue,
+                announced,
+                announcements,
+                hub_http: crate::client::public_http()?,
+                member_events,
+            },
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or_else(|_| self.state.me.addr())
+            .unwrap_or_else(|_| self.background.state.me.addr())
     }
 
     /// What the web layer reads: for tests and the demo.
     pub fn state(&self) -> AppState {
-        self.state.clone()
+        self.background.state.clone()
     }
 
     /// Serves until `shutdown` resolves, then drains: turns unready, serves on until users'
@@ -177,31 +170,15 @@ impl Application {
     /// finish within [`drain::CLOSE_DEADLINE`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let Application {
-            settings,
             listener,
-            state,
-            store,
-            candidates,
-            candidate_queue,
-            announced,
-            announcements,
-            hub_http,
-            member_events,
+            background,
         } = self;
+        let settings = background.settings.clone();
+        let state = background.state.clone();
+        let store = background.store.clone();
         let tasks = TaskTracker::new();
         let stop_tasks = CancellationToken::new();
-        Background {
-            settings: settings.clone(),
-            state: state.clone(),
-            store: store.clone(),
-            candidates,
-            candidate_queue,
-            announced,
-            announcements,
-            hub_http,
-            member_events,
-        }
-        .start(&tasks, &stop_tasks);
+        background.start(&tasks, &stop_tasks);
         state.drain.set_ready();
         let me = state.me.identity();
         tracing::info!(
@@ -260,7 +237,7 @@ impl Application {
     }
 }
 
-/// What the background tasks are started from.
+/// The parts a replica is built from, and what its background tasks start with.
 struct Background {
     settings: Arc<Settings>,
     state: AppState,
@@ -270,6 +247,7 @@ struct Background {
     announced: mpsc::Receiver<SocketAddr>,
     announcements: Announcements,
     hub_http: reqwest::Client,
+    /// Subscribed as the table is made, so no change goes unrecorded or unlogged.
     member_events: [broadcast::Receiver<MemberEvent>; 2],
 }
 
