@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use hickory_resolver::config::{
@@ -207,7 +207,7 @@ impl Source for Dns {
         }
     }
 
-    fn judge(&mut self, found: Answers, snapshot: &Snapshot, took: Duration) -> Report {
+    fn judge(&mut self, found: Answers, snapshot: &Snapshot) -> Report {
         let evidence: Vec<Evidence> = found
             .names
             .iter()
@@ -240,8 +240,6 @@ impl Source for Dns {
             .filter(|e| e.status == MethodStatus::Works && !e.subject.ends_with(')'))
             .count();
         Report {
-            last_run: Some(Instant::now()),
-            duration: Some(took),
             detail: format!(
                 "{} name(s) and {} per-replica probe(s) via {} every {} s; {}",
                 self.plan.lists.len(),

@@ -103,13 +103,7 @@ impl Registry {
             .collect()
     }
 
-    fn report(
-        &self,
-        claims: &[Claim],
-        removed: u64,
-        snapshot: &Snapshot,
-        took: Duration,
-    ) -> Report {
+    fn report(&self, claims: &[Claim], removed: u64, snapshot: &Snapshot) -> Report {
         let stale = claims.iter().filter(|c| !self.is_fresh(c)).count();
         let others = claims
             .iter()
@@ -153,8 +147,6 @@ impl Registry {
             })
             .collect();
         Report {
-            last_run: Some(Instant::now()),
-            duration: Some(took),
             detail: format!(
                 "{}: {} rows ({stale} stale, {removed} deleted); heartbeat every {} s, TTL {} s{}",
                 self.store.place(),
@@ -173,7 +165,7 @@ impl Registry {
         }
     }
 
-    fn unavailable(&mut self, e: &StoreError, took: Duration) -> Report {
+    fn unavailable(&mut self, e: &StoreError) -> Report {
         tracing::warn!(error = %e, "registry unavailable");
         if !self.failing {
             self.timeline.note(EventKind::Registry, e.to_string());
@@ -181,8 +173,6 @@ impl Registry {
         }
         self.failing = true;
         Report {
-            last_run: Some(Instant::now()),
-            duration: Some(took),
             detail: format!(
                 "{}: {e}{}",
                 self.store.place(),
@@ -222,7 +212,7 @@ impl Source for Registry {
         }
     }
 
-    fn judge(&mut self, found: Heartbeat, snapshot: &Snapshot, took: Duration) -> Report {
+    fn judge(&mut self, found: Heartbeat, snapshot: &Snapshot) -> Report {
         match found {
             Ok((claims, removed)) => {
                 if self.failing {
@@ -231,9 +221,9 @@ impl Source for Registry {
                 }
                 self.failing = false;
                 self.last_heartbeat = Some(Instant::now());
-                self.report(&claims, removed, snapshot, took)
+                self.report(&claims, removed, snapshot)
             }
-            Err(e) => self.unavailable(&e, took),
+            Err(e) => self.unavailable(&e),
         }
     }
 

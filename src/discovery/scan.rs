@@ -185,12 +185,14 @@ impl Source for Scan {
 
     async fn gather(&mut self) -> Round<usize> {
         let me = self.me;
+        let started = Instant::now();
         let hits = scan_once(
             targets(&self.nets, &self.ports).filter(|a| *a != me),
             self.concurrency,
             self.timeout,
         )
         .await;
+        self.metrics.scan(started.elapsed(), self.total());
         Round {
             found: hits.len(),
             candidates: hits
@@ -205,12 +207,9 @@ impl Source for Scan {
         Duration::ZERO
     }
 
-    fn judge(&mut self, hits: usize, _: &Snapshot, took: Duration) -> Report {
+    fn judge(&mut self, hits: usize, _: &Snapshot) -> Report {
         let total = self.total();
-        self.metrics.scan(took, total);
         Report {
-            last_run: Some(Instant::now()),
-            duration: Some(took),
             detail: format!(
                 "{total} addresses in {} on port {}: {hits} accepted a connection",
                 describe(&self.nets),

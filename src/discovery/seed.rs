@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use hickory_resolver::TokioResolver;
@@ -73,7 +73,7 @@ impl Source for Seed {
         }
     }
 
-    fn judge(&mut self, resolved: Self::Found, snapshot: &Snapshot, took: Duration) -> Report {
+    fn judge(&mut self, resolved: Self::Found, snapshot: &Snapshot) -> Report {
         let evidence = self
             .seeds
             .iter()
@@ -91,8 +91,6 @@ impl Source for Seed {
             })
             .collect();
         Report {
-            last_run: Some(Instant::now()),
-            duration: Some(took),
             detail: format!(
                 "{} seed(s) from SEED_PEERS, tried every {} s",
                 self.seeds.len(),

@@ -45,9 +45,9 @@ pub trait Source: Send + 'static {
         SETTLE
     }
 
-    /// The round's report, judged against the table as it is after settling. `took` is
-    /// how long gathering took.
-    fn judge(&mut self, found: Self::Found, snapshot: &Snapshot, took: Duration) -> Report;
+    /// The round's report, judged against the table as it is after settling; the runner
+    /// stamps it with the time and how long gathering took.
+    fn judge(&mut self, found: Self::Found, snapshot: &Snapshot) -> Report;
 
     /// How long to wait before the next round, given how long this one took in all.
     fn pause(&mut self, took: Duration) -> Duration;
@@ -109,7 +109,9 @@ async fn rounds<S: Source>(source: Result<S, String>, ctx: Context) {
         {
             return;
         }
-        let report = source.judge(round.found, &ctx.membership.snapshot(), took);
+        let mut report = source.judge(round.found, &ctx.membership.snapshot());
+        report.last_run = Some(Instant::now());
+        report.duration = Some(took);
         ctx.metrics.round(method, took, report.failed);
         ctx.reports.set(method, report);
         let pause = source.pause(started.elapsed());
