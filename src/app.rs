@@ -319,6 +319,9 @@ impl Background {
             s.timeline.clone(),
             s.metrics.clone(),
         );
+        if let Some(listener) = registry.as_ref().ok().and_then(Registry::listener) {
+            spawn(Box::pin(listener));
+        }
         spawn(Box::pin(source::run(registry, context)));
 
         let prober = Prober {

@@ -44,7 +44,7 @@ pub struct Registry {
 pub type Heartbeat = Result<(Vec<Claim>, u64), StoreError>;
 
 impl Registry {
-    /// Starts listening for other replicas' arrivals (PostgreSQL); `None` store is off.
+    /// `None` store: the method is off.
     pub fn new(
         store: Option<Store>,
         me: Arc<Me>,
@@ -54,25 +54,29 @@ impl Registry {
         metrics: Metrics,
     ) -> Result<Registry, String> {
         let store = store.ok_or("DATABASE_URL=off")?;
-        let wake = Arc::new(Notify::new());
-        if store.backend() == Backend::Postgres {
-            tokio::spawn(
-                store
-                    .clone()
-                    .listen(me.service().to_string(), wake.clone(), heartbeat),
-            );
-        }
         Ok(Registry {
             store,
             me,
             heartbeat,
             ttl,
-            wake,
+            wake: Arc::new(Notify::new()),
             migrated: false,
             failing: false,
             last_heartbeat: None,
             timeline,
             metrics,
+        })
+    }
+
+    /// On PostgreSQL, the task that wakes this method whenever another replica arrives
+    /// or leaves (LISTEN/NOTIFY), for the caller to run beside it.
+    pub fn listener(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        (self.store.backend() == Backend::Postgres).then(|| {
+            self.store.clone().listen(
+                self.me.service().to_string(),
+                self.wake.clone(),
+                self.heartbeat,
+            )
         })
     }
 
