@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Row};
 use tokio::sync::Notify;
 
 use crate::config::{Database, DatabaseUrl};
@@ -26,6 +26,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StoreError(String);
+
+/// How long a failing connection gets to say why it fails.
+const DIAGNOSE_WITHIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -69,6 +72,8 @@ struct Inner {
     pool: AnyPool,
     backend: Backend,
     url: DatabaseUrl,
+    /// What the pool connects with (SQLite: creating the file if need be).
+    connect_url: String,
 }
 
 impl Store {
@@ -114,7 +119,12 @@ impl Store {
             }
         };
         Some(Store {
-            inner: Arc::new(Inner { pool, backend, url }),
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url,
+                connect_url,
+            }),
         })
     }
 
@@ -129,6 +139,28 @@ impl Store {
 
     fn error(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError(self.inner.url.scrub(&e.to_string()))
+    }
+
+    /// The error as a person can act on it. A pool that timed out keeps the reason it
+    /// could not connect to itself ("pool timed out" says nothing): ask once directly.
+    async fn explain(&self, e: sqlx::Error) -> StoreError {
+        if !matches!(e, sqlx::Error::PoolTimedOut) {
+            return self.error(e);
+        }
+        let direct = tokio::time::timeout(
+            DIAGNOSE_WITHIN,
+            sqlx::AnyConnection::connect(&self.inner.connect_url),
+        )
+        .await;
+        match direct {
+            Ok(Err(cause)) => self.error(format!("cannot connect: {cause}")),
+            Err(_) => self.error(format!(
+                "cannot connect: no answer within {} s",
+                DIAGNOSE_WITHIN.as_secs()
+            )),
+            // It answers now: the pool was only busy.
+            Ok(Ok(_)) => self.error(e),
+        }
     }
 
     /// Creates or updates the tables.
@@ -146,6 +178,13 @@ impl Store {
         me: &Identity,
         ttl: Duration,
     ) -> Result<(Vec<Claim>, u64), StoreError> {
+        match self.beat(me, ttl).await {
+            Ok(found) => Ok(found),
+            Err(e) => Err(self.explain(e).await),
+        }
+    }
+
+    async fn beat(&self, me: &Identity, ttl: Duration) -> Result<(Vec<Claim>, u64), sqlx::Error> {
         let now = self.inner.backend.now_ms();
         // Both statements take our row's fields as $1..$6, in table order.
         let with_row = |sql: String| {
@@ -162,8 +201,7 @@ impl Store {
              last_seen = {now} WHERE service = $1 AND instance_id = $2"
         ))
         .execute(&self.inner.pool)
-        .await
-        .map_err(|e| self.error(e))?;
+        .await?;
         if refreshed.rows_affected() == 0 {
             // New here (or our row was deleted while we could not reach the database).
             with_row(format!(
@@ -173,8 +211,7 @@ impl Store {
                  ON CONFLICT (service, instance_id) DO UPDATE SET last_seen = excluded.last_seen"
             ))
             .execute(&self.inner.pool)
-            .await
-            .map_err(|e| self.error(e))?;
+            .await?;
             self.notify(&me.service).await;
         }
 
@@ -185,8 +222,7 @@ impl Store {
         )))
         .bind(&me.service)
         .fetch_all(&self.inner.pool)
-        .await
-        .map_err(|e| self.error(e))?;
+        .await?;
         let claims = rows
             .iter()
             .filter_map(|row| {
@@ -206,8 +242,7 @@ impl Store {
         .bind(&me.service)
         .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
         .execute(&self.inner.pool)
-        .await
-        .map_err(|e| self.error(e))?
+        .await?
         .rows_affected();
         Ok((claims, removed))
     }

@@ -40,6 +40,9 @@ pub struct Registry {
     metrics: Metrics,
 }
 
+/// How long a replica that lost a migration race waits before looking again.
+const MIGRATION_RETRY: Duration = Duration::from_millis(200);
+
 /// One heartbeat's rows and how many stale ones it deleted, or why it failed.
 pub type Heartbeat = Result<(Vec<Claim>, u64), StoreError>;
 
@@ -86,7 +89,14 @@ impl Registry {
 
     async fn beat(&mut self) -> Heartbeat {
         if !self.migrated {
-            self.store.migrate().await?;
+            if let Err(raced) = self.store.migrate().await {
+                // Replicas that start together migrate one database at the same moment
+                // (SQLite has no migration lock): whoever lost finds it done on a second
+                // look; a real failure fails again.
+                tracing::debug!(error = %raced, "migration failed once; looking again");
+                tokio::time::sleep(MIGRATION_RETRY).await;
+                self.store.migrate().await?;
+            }
             self.migrated = true;
         }
         self.store.heartbeat(&self.me.identity(), self.ttl).await
@@ -170,8 +180,9 @@ impl Registry {
     }
 
     fn unavailable(&mut self, e: &StoreError) -> Report {
-        tracing::warn!(error = %e, "registry unavailable");
+        // An outage is news when it begins (and when it ends), not every round.
         if !self.failing {
+            tracing::warn!(error = %e, "registry unavailable");
             self.timeline.note(EventKind::Registry, e.to_string());
             self.metrics.registry_error();
         }
@@ -220,6 +231,7 @@ impl Source for Registry {
         match found {
             Ok((claims, removed)) => {
                 if self.failing {
+                    tracing::info!("registry reachable again");
                     self.timeline
                         .note(EventKind::Registry, "reachable again".into());
                 }
