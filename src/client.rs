@@ -25,6 +25,9 @@ pub enum CallError {
     NotIdentity(String),
     #[error("no valid proof of CLUSTER_SECRET")]
     BadProof,
+    /// Another service answered (and proved nothing): not a proof failure of ours.
+    #[error("service '{0}' is another service")]
+    OtherService(String),
     #[error("broken answer: {0}")]
     Other(String),
 }

@@ -78,10 +78,22 @@ impl Verifier {
         let reply = self.client.identity(addr, Some((&nonce, me))).await?;
         if proof::check(secret, &nonce, me, &reply.identity) {
             Ok(reply)
+        } else if reply.identity.service != self.me.service() {
+            Err(CallError::OtherService(clip(&reply.identity.service)))
         } else {
             Err(CallError::BadProof)
         }
     }
+}
+
+/// How a foreign finding begins when the address answers as this service but the two
+/// sides do not share a CLUSTER_SECRET.
+const PROOF_FAILED: &str = "no valid proof of CLUSTER_SECRET";
+const PROOF_REQUIRED: &str = "requires a CLUSTER_SECRET proof";
+
+/// Whether a foreign finding is this service behind a different (or missing) secret.
+pub fn fails_proof(reason: &str) -> bool {
+    reason.starts_with(PROOF_FAILED) || reason.starts_with(PROOF_REQUIRED)
 }
 
 /// The decision itself, apart from the network call.
@@ -98,9 +110,12 @@ pub fn judge(
         Ok(reply) => reply,
         Err(e) if e.is_connect() => return Verdict::Unreachable(e.to_string()),
         Err(CallError::BadProof) => {
-            return Verdict::Foreign(
-                "no valid proof of CLUSTER_SECRET: its secret differs, or it has none".into(),
-            );
+            return Verdict::Foreign(format!(
+                "{PROOF_FAILED}: its secret differs, or it has none"
+            ));
+        }
+        Err(CallError::OtherService(other)) => {
+            return Verdict::Foreign(format!("service '{other}' != '{service}'"));
         }
         Err(e) => return Verdict::Foreign(e.to_string()),
     };
@@ -116,11 +131,10 @@ pub fn judge(
     }
     if identity.requires_proof && !have_secret {
         // It would refuse our (missing) proof: say so, rather than count it reachable.
-        return Verdict::Foreign(
-            "requires a CLUSTER_SECRET proof, and this replica has no secret: \
+        return Verdict::Foreign(format!(
+            "{PROOF_REQUIRED}, and this replica has no secret: \
              it does not admit this replica"
-                .into(),
-        );
+        ));
     }
     match (identity.addr == candidate, identity.instance_id == my_id) {
         (true, true) => Verdict::Myself,

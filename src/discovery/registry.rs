@@ -119,9 +119,16 @@ impl Registry {
 
     fn report(&self, claims: &[Claim], removed: u64, snapshot: &Snapshot) -> Report {
         let stale = claims.iter().filter(|c| !self.is_fresh(c)).count();
+        // Replicas the rows say exist: not this one, and not one the table knows is gone
+        // (a crashed replica's row outlives it until the TTL).
         let others = claims
             .iter()
             .filter(|c| self.is_fresh(c) && c.instance_id != self.me.id())
+            .filter(|c| {
+                !snapshot
+                    .member(&c.instance_id)
+                    .is_some_and(|m| matches!(m.state, State::Dead | State::Left))
+            })
             .count();
         let evidence = claims
             .iter()

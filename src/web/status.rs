@@ -11,10 +11,11 @@ use serde::Serialize;
 use crate::discovery::report::{Evidence, Report, Reports};
 use crate::drain::Drain;
 use crate::identity::Me;
-use crate::membership::{Member, Membership, State};
+use crate::membership::{Member, Membership, Snapshot, State};
 use crate::prober::{LoadBalancerCall, ViaLoadBalancer};
 use crate::relay::{Relay, RelayView};
 use crate::timeline::Timeline;
+use crate::verify::fails_proof;
 use crate::wire::TimelineEvent;
 use crate::wire::{Identity, MeshCell, SystemFigures};
 use crate::wire::{Method, MethodStatus};
@@ -152,22 +153,20 @@ impl Status {
             error: None,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
+        let current = snapshot
+            .members
+            .iter()
+            .filter(|m| matches!(m.state, State::Alive | State::Suspect))
+            .count();
         let discovery: Vec<MethodView> = sources
             .reports
             .all()
             .into_iter()
-            .map(|(method, report)| {
-                method_view(
-                    method,
-                    &report,
-                    &snapshot.members,
-                    sources.page.expected_replicas,
-                    now,
-                )
-            })
+            .map(|(method, report)| method_view(method, &report, &snapshot.members, current, now))
             .collect();
+        let census = Census::of(&snapshot, &discovery);
         Status {
-            verdict: verdict(&members, &discovery),
+            verdict: verdict(&census, &discovery),
             relay: sources.relay.view(),
             membership: sources.page.membership_mode,
             draining,
@@ -241,26 +240,88 @@ fn member_view(m: &Member, now: Instant) -> MemberView {
     }
 }
 
-/// How well a method worked: by the live members it found, against the expected count.
+/// The cluster as the verdict counts it. Current members (alive and suspect) make the
+/// diagnosis; dead, left and restarted ones are history, told as such, never the cause.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Other members answering direct calls now.
+    pub reachable: usize,
+    /// Other members that missed their last probes.
+    pub suspect: usize,
+    /// Members that stopped answering (crashed, or cut off).
+    pub crashed: usize,
+    /// Members whose address answers as a new instance now: counted once, as the new one.
+    pub restarted: usize,
+    /// Members that said goodbye.
+    pub left: usize,
+    /// Addresses that answer as this service but fail the CLUSTER_SECRET proof.
+    pub refused: usize,
+    /// Replicas the registry lists that are not known to be gone.
+    pub claimed: usize,
+}
+
+impl Census {
+    pub fn of(snapshot: &Snapshot, discovery: &[MethodView]) -> Census {
+        let mut census = Census {
+            claimed: discovery.iter().map(|d| d.claimed).max().unwrap_or(0),
+            refused: snapshot
+                .foreign
+                .iter()
+                .filter(|(_, f)| fails_proof(&f.reason))
+                .count(),
+            ..Census::default()
+        };
+        for m in &snapshot.members {
+            match (m.state, &m.replaced_by) {
+                (State::Alive, _) => census.reachable += 1,
+                (State::Suspect, _) => census.suspect += 1,
+                (State::Dead, Some(_)) => census.restarted += 1,
+                (State::Dead, None) => census.crashed += 1,
+                (State::Left, _) => census.left += 1,
+            }
+        }
+        census
+    }
+
+    /// Other members that are part of the cluster now.
+    pub fn current(&self) -> usize {
+        self.reachable + self.suspect
+    }
+
+    fn history(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.crashed, "stopped answering"),
+            (self.left, "left"),
+            (self.restarted, "restarted as a new instance"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| format!("recently {}", join_and_owned(&parts)))
+    }
+}
+
+/// How well a method worked, judged on what it could see: it `works` when it found every
+/// current member (dead and departed replicas never make it `partial`), `partial` when
+/// another method found current members it did not.
 fn method_view(
     method: Method,
     report: &Report,
     members: &[Member],
-    expected: Option<u32>,
+    current: usize,
     now: Instant,
 ) -> MethodView {
     let found = members
         .iter()
         .filter(|m| matches!(m.state, State::Alive | State::Suspect) && m.sources.contains(&method))
         .count();
-    let others_expected = expected
-        .filter(|_| method.enumerates())
-        .map(|e| e.saturating_sub(1) as usize);
     let status = match (&report.off, report.failed, found) {
         (Some(_), _, _) => MethodStatus::Off,
         (None, true, _) => MethodStatus::Fails,
         (None, false, 0) => MethodStatus::Fails,
-        (None, false, n) if others_expected.is_some_and(|want| n < want) => MethodStatus::Partial,
+        // Announce only hears from replicas that found this one: it lists nobody.
+        (None, false, n) if method.enumerates() && n < current => MethodStatus::Partial,
         _ => MethodStatus::Works,
     };
     let detail = match &report.off {
@@ -279,16 +340,27 @@ fn method_view(
     }
 }
 
-/// The answer to the page's question, from the member table and the report.
-pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
-    let others: Vec<&MemberView> = members.iter().filter(|m| !m.is_self).collect();
-    let reachable = others.iter().filter(|m| m.state == State::Alive).count();
-    let claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
-    let mut parts = vec![match (others.len().max(claimed), reachable) {
+/// The answer to the page's question, from the census and the report. The cases are
+/// tabled in docs/how-it-works.md#the-verdict.
+pub fn verdict(census: &Census, discovery: &[MethodView]) -> String {
+    let current = census.current();
+    // Registry rows of replicas that are neither current nor known gone: they exist, and
+    // this replica cannot reach them.
+    let known = current.max(census.claimed);
+    let reachable = census.reachable;
+    let mut parts = vec![match (known, reachable) {
+        (0, _) if census.refused > 0 => format!(
+            "No replica admitted: {} answer{} as this service but fail{} the CLUSTER_SECRET proof",
+            census.refused,
+            if census.refused == 1 { "s" } else { "" },
+            if census.refused == 1 { "s" } else { "" },
+        ),
+        (0, _) if census.history().is_some() => "No other replica now".to_string(),
         (0, _) => "No other replica found yet".to_string(),
-        (n, 0) => format!(
+        (n, 0) if census.claimed > current => format!(
             "Replicas know of each other ({n} other(s)) but cannot call each other directly"
         ),
+        (n, 0) => format!("No other replica answers right now ({n} not answering)"),
         (n, r) if r == n => format!("Replicas can call each other directly ({r} reachable)"),
         (n, r) => format!("Replicas can call each other directly ({r} of {n} reachable)"),
     }];
@@ -297,12 +369,13 @@ pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
         .filter(|d| d.status == MethodStatus::Works)
         .map(|d| d.method.as_str())
         .collect();
-    if !working.is_empty() {
+    if !working.is_empty() && reachable > 0 {
         parts.push(format!("found by {}", join_and(&working)));
     }
     if let Some(dns) = discovery
         .iter()
         .find(|d| d.method == Method::Dns && d.status != MethodStatus::Off)
+        .filter(|_| known > 0)
     {
         parts.push(if dns.found > 0 {
             "a DNS name lists them".into()
@@ -310,7 +383,21 @@ pub fn verdict(members: &[MemberView], discovery: &[MethodView]) -> String {
             "no DNS name lists them".into()
         });
     }
+    if known > 0 && census.refused > 0 {
+        parts.push(format!(
+            "{} more answer as this service but fail the CLUSTER_SECRET proof",
+            census.refused
+        ));
+    }
+    if let Some(history) = census.history() {
+        parts.push(history);
+    }
     format!("{}.", parts.join("; "))
+}
+
+fn join_and_owned(items: &[String]) -> String {
+    let items: Vec<&str> = items.iter().map(String::as_str).collect();
+    join_and(&items)
 }
 
 fn join_and(items: &[&str]) -> String {
@@ -325,21 +412,6 @@ fn join_and(items: &[&str]) -> String {
 mod tests {
     use super::*;
 
-    fn member(is_self: bool, state: State) -> MemberView {
-        MemberView {
-            instance_id: "x".into(),
-            name: "x".into(),
-            addr: "127.0.0.2:80".parse().unwrap(),
-            is_self,
-            state,
-            sources: vec![],
-            rtt_ms: None,
-            last_seen_ms_ago: 0,
-            system: Default::default(),
-            error: None,
-        }
-    }
-
     fn method(method: Method, status: MethodStatus, found: usize) -> MethodView {
         MethodView {
             method,
@@ -353,39 +425,130 @@ mod tests {
         }
     }
 
+    fn census(reachable: usize, claimed: usize) -> Census {
+        Census {
+            reachable,
+            claimed,
+            ..Census::default()
+        }
+    }
+
+    /// The table in docs/how-it-works.md#the-verdict, row by row.
     #[test]
     fn verdicts() {
-        let me = member(true, State::Alive);
         let report = [
             method(Method::Scan, MethodStatus::Works, 2),
             method(Method::Registry, MethodStatus::Works, 2),
             method(Method::Dns, MethodStatus::Fails, 0),
             method(Method::Seed, MethodStatus::Off, 0),
         ];
-        let three = [
-            me.clone(),
-            member(false, State::Alive),
-            member(false, State::Alive),
+        let cases = [
+            (
+                "steady",
+                census(2, 2),
+                "Replicas can call each other directly (2 reachable); found by scan and registry; no DNS name lists them.",
+            ),
+            (
+                "one crashed, still listed",
+                Census {
+                    crashed: 1,
+                    ..census(1, 1)
+                },
+                "Replicas can call each other directly (1 reachable); found by scan and registry; no DNS name lists them; recently 1 stopped answering.",
+            ),
+            (
+                "one left",
+                Census {
+                    left: 1,
+                    ..census(1, 1)
+                },
+                "Replicas can call each other directly (1 reachable); found by scan and registry; no DNS name lists them; recently 1 left.",
+            ),
+            (
+                "scaled down to one",
+                Census {
+                    left: 2,
+                    ..census(0, 0)
+                },
+                "No other replica now; recently 2 left.",
+            ),
+            (
+                "restarted",
+                Census {
+                    restarted: 1,
+                    ..census(2, 2)
+                },
+                "Replicas can call each other directly (2 reachable); found by scan and registry; no DNS name lists them; recently 1 restarted as a new instance.",
+            ),
+            (
+                "secrets differ",
+                Census {
+                    refused: 2,
+                    ..census(0, 0)
+                },
+                "No replica admitted: 2 answer as this service but fail the CLUSTER_SECRET proof.",
+            ),
+            ("no peers", census(0, 0), "No other replica found yet."),
+            (
+                "registry lists replicas that do not answer directly",
+                census(0, 2),
+                "Replicas know of each other (2 other(s)) but cannot call each other directly; no DNS name lists them.",
+            ),
         ];
+        for (case, census, want) in cases {
+            assert_eq!(verdict(&census, &report), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn suspects_are_current_and_not_reachable() {
+        let census = Census {
+            suspect: 1,
+            ..census(1, 0)
+        };
         assert_eq!(
-            verdict(&three, &report),
-            "Replicas can call each other directly (2 reachable); found by scan and registry; no DNS name lists them."
+            verdict(&census, &[]),
+            "Replicas can call each other directly (1 of 2 reachable)."
         );
-        let isolated = [
-            me.clone(),
-            member(false, State::Dead),
-            member(false, State::Suspect),
-        ];
-        assert!(verdict(&isolated, &report[1..2]).starts_with(
-            "Replicas know of each other (2 other(s)) but cannot call each other directly"
-        ));
-        // Known only from registry rows, never reached: still not alone.
-        let mut registry = method(Method::Registry, MethodStatus::Fails, 0);
-        registry.claimed = 2;
-        assert!(
-            verdict(std::slice::from_ref(&me), &[registry])
-                .starts_with("Replicas know of each other (2 other(s))")
-        );
-        assert_eq!(verdict(&[me], &[]), "No other replica found yet.");
+    }
+
+    #[test]
+    fn a_method_is_judged_on_the_current_members_only() {
+        use crate::membership::{Membership, Timing};
+        use crate::wire::Identity;
+        let identity = |id: &str, addr: &str| -> Identity {
+            serde_json::from_value(serde_json::json!({
+                "instance_id": id, "name": id, "service": "svc", "addr": addr,
+            }))
+            .unwrap()
+        };
+        let table = Membership::new(Timing {
+            dead_after: std::time::Duration::from_secs(3),
+            forget_after: std::time::Duration::from_secs(600),
+        });
+        table.admit(identity("A", "127.0.0.2:80"), Method::Scan, 0.3);
+        table.admit(identity("B", "127.0.0.3:80"), Method::Registry, 0.3);
+        let report = Report::default();
+        let scan = |table: &Membership| {
+            let snapshot = table.snapshot();
+            let current = snapshot
+                .members
+                .iter()
+                .filter(|m| m.state != State::Dead)
+                .count();
+            method_view(
+                Method::Scan,
+                &report,
+                &snapshot.members,
+                current,
+                Instant::now(),
+            )
+            .status
+        };
+        // B is current and scan missed it.
+        assert_eq!(scan(&table), MethodStatus::Partial);
+        // B restarted elsewhere: history, not a miss.
+        table.replaced("B", "C");
+        assert_eq!(scan(&table), MethodStatus::Works);
     }
 }
