@@ -5,14 +5,12 @@
 //! Addresses: replicas listen on 127.0.0.100..=119 (attackers' servers on 103, 117 and
 //! 120..=169), attackers' clients use 127.0.0.1, 103, 106, 115, 120..=199. All traffic goes
 //! to 127.0.0.0/8; every request loop is bounded in count and time. The load tests (hello
-//! flood, idle connections, slowloris) take turns through [`HEAVY`], so one's load does not
-//! skew another's timing.
-
-mod common;
+//! flood, idle connections, slowloris) take the machine to themselves ([`heavy`]), so one's
+//! load does not skew another test's timing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,27 +20,14 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::common::*;
+
 const SECRET: &str = "a-long-enough-test-secret";
-
-/// The load tests run one at a time.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A client whose connections leave from `local` (an attacker's own address).
-fn client_from(local: impl Into<IpAddr>, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(local.into())
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .build()
-        .expect("client")
-}
 
 /// Serves `router` on `addr` in the background (an attacker's or a fake member's server).
 async fn serve(addr: SocketAddr, router: axum::Router) -> tokio::task::JoinHandle<()> {
@@ -89,12 +74,6 @@ async fn post_status(http: &reqwest::Client, url: String, body: &Value) -> u16 {
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
-}
-
-async fn status_of(replica: &Replica) -> Result<Value, String> {
-    get_json(&replica.url("/api/status"))
-        .await
-        .ok_or_else(|| format!("{} not answering /api/status", replica.addr))
 }
 
 /// A member's (addr, state) as `replica` lists it, if it does.
@@ -167,6 +146,7 @@ async fn relay_identity(State(r): State<Arc<Relayer>>, RawQuery(query): RawQuery
 /// goodbye in the member's name).
 #[tokio::test]
 async fn relayed_proof_is_refused() {
+    let _machine = shared().await;
     let port = free_port();
     let env = [("CLUSTER_SECRET", SECRET), ("DATABASE_URL", "off")];
     let r1 = Replica::start(101, port, &env);
@@ -262,6 +242,7 @@ async fn relayed_proof_is_refused() {
 /// to make the cluster drop a healthy replica.
 #[tokio::test]
 async fn forged_goodbye_is_refused() {
+    let _machine = shared().await;
     let port = free_port();
     let a = Replica::start(104, port, &[]);
     let b = Replica::start(105, port, &[]);
@@ -302,6 +283,7 @@ async fn forged_goodbye_is_refused() {
 /// anything; and on a replica with no secret, where the relay should not exist at all.
 #[tokio::test]
 async fn forged_relay_messages_are_refused() {
+    let _machine = shared().await;
     let port = free_port();
     let with_secret = Replica::start(
         107,
@@ -389,7 +371,7 @@ async fn shifting_replica(ip: IpAddr) -> (SocketAddr, tokio::task::JoinHandle<()
 /// so each can become a member (and the last one at that address dies, staying listed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_hellos_are_bounded() {
-    let _heavy = HEAVY.lock().await;
+    let _machine = heavy().await;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let (r, port) = ready_replica(110, &[("SCAN_CIDRS", "off")]).await;
     let mut servers = Vec::new();
@@ -618,6 +600,13 @@ async fn hold_connections(target: SocketAddr, sources: Vec<u8>) {
     println!("HOLDER kept {open} closed {closed}");
 }
 
+/// This module's path as libtest names tests (`attack`: without the binary's name).
+fn module_path_in_binary() -> &'static str {
+    module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, path)| path)
+}
+
 /// A child running [`connection_holder`], and its stdout lines.
 struct Holder {
     child: tokio::process::Child,
@@ -626,9 +615,12 @@ struct Holder {
 
 impl Holder {
     fn start(target: SocketAddr, sources: &str) -> Holder {
+        // This same test binary, running only the holder: by its full name (its module's
+        // path and its own), since every module's tests are in this binary.
+        let name = format!("{}::connection_holder", module_path_in_binary());
         let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
             .args([
-                "connection_holder",
+                name.as_str(),
                 "--exact",
                 "--ignored",
                 "--nocapture",
@@ -654,7 +646,7 @@ impl Holder {
         let prefix = format!("HOLDER {word}");
         tokio::time::timeout(within, async {
             while let Ok(Some(line)) = self.lines.next_line().await {
-                // libtest may print `test connection_holder ... ` on the same line.
+                // libtest may print `test attack::connection_holder ... ` on the same line.
                 if let Some(at) = line.find(&prefix) {
                     return Some(line[at..].to_string());
                 }
@@ -671,7 +663,7 @@ impl Holder {
 /// the replica's file descriptors so that health checks can no longer connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_leave_healthz_answering() {
-    let _heavy = HEAVY.lock().await;
+    let _machine = heavy().await;
     let port = free_port();
     let r = Replica::start(112, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;
@@ -732,7 +724,7 @@ async fn many_connections_leave_healthz_answering() {
 /// it, to hold a terminating replica open forever.
 #[tokio::test]
 async fn slowloris_cannot_hold_shutdown() {
-    let _heavy = HEAVY.lock().await;
+    let _machine = heavy().await;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let port = free_port();
     let mut r = Replica::start(113, port, &[("SCAN_CIDRS", "off")]);
@@ -797,6 +789,7 @@ async fn slowloris_cannot_hold_shutdown() {
 /// every replica with messages.
 #[tokio::test]
 async fn broadcast_flood_is_rate_limited() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(114, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;
@@ -868,6 +861,7 @@ async fn broadcast_flood_is_rate_limited() {
 /// timeline for good.
 #[tokio::test]
 async fn future_dated_timeline_events_are_clamped() {
+    let _machine = shared().await;
     const FAKE_ID: &str = "01FAKEMEMBER0000000000000A";
     let port = free_port();
     let fake_addr = SocketAddr::from((ip(117), port));
@@ -932,6 +926,7 @@ async fn future_dated_timeline_events_are_clamped() {
 /// a text/plain "simple" request carrying JSON, or a form), or frames the page.
 #[tokio::test]
 async fn csrf_and_framing() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(118, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;
@@ -1007,46 +1002,11 @@ async fn csrf_and_framing() {
     );
 }
 
-/// Runs the binary with one bad setting; its exit status (None: still running after 5 s,
-/// then killed) and stderr.
-async fn start_with(bad: (&str, &str)) -> (Option<i32>, String) {
-    let port = free_port().to_string();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("SCAN_CIDRS", "off")
-        // Should it start anyway: no database file, loopback only.
-        .env("DATABASE_URL", "off")
-        .env("BIND_ADDR", "127.0.0.100")
-        .env("PORT", &port)
-        .env(bad.0, bad.1)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run rollcall");
-    let started = Instant::now();
-    let mut code = None;
-    while started.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(status)) = child.try_wait() {
-            code = Some(status.code().unwrap_or(-1));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Still running: stop it (a no-op for a process that has exited).
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    (code, stderr)
-}
-
 /// Attack (on the operator): settings that cannot work, or that let a value forge lines
 /// of the page or the logs, are taken as given and the replica starts anyway.
 #[tokio::test]
 async fn impossible_settings_stop_start_up() {
+    let _machine = shared().await;
     let long = "a".repeat(300);
     let mut failures = Vec::new();
     for (name, value) in [
@@ -1054,7 +1014,7 @@ async fn impossible_settings_stop_start_up() {
         ("ADVERTISE_ADDR", "0.0.0.0"),
         ("SERVICE_NAME", "svc\nfake"),
     ] {
-        let (code, stderr) = start_with((name, value)).await;
+        let (code, stderr) = start_with_setting(name, value).await;
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         println!("{name}={value:?}: exit {code:?}, stderr {lines:?}");
         if code != Some(2) {
@@ -1071,6 +1031,7 @@ async fn impossible_settings_stop_start_up() {
 /// connection, a task and a subscription on the replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_streams_are_capped() {
+    let _machine = shared().await;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let port = free_port();
     let r = Replica::start(119, port, &[("SCAN_CIDRS", "off")]);

@@ -1,15 +1,14 @@
 //! Messages that cross replicas: SSE clients on every replica, messages sent through random
 //! replicas, each delivered exactly once everywhere, even when a replica dies mid-stream.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use rollcall::relay::SseReader;
 use serde_json::{Value, json};
+
+use crate::common::*;
 
 /// An `/events` client that records the id of every message it receives, in order.
 struct Listener {
@@ -96,6 +95,7 @@ async fn all_delivered_once(listeners: &[(&str, &Listener)], ids: &[String]) {
 
 #[tokio::test]
 async fn a_thousand_messages_reach_every_client_exactly_once() {
+    let _machine = shared().await;
     let port = free_port();
     // A throughput test: the per-client broadcast limit raised out of the way.
     let replicas: Vec<Replica> = [2, 3, 4]
@@ -130,6 +130,7 @@ async fn a_thousand_messages_reach_every_client_exactly_once() {
 
 #[tokio::test]
 async fn a_replica_killed_mid_stream_does_not_stop_the_others() {
+    let _machine = shared().await;
     let port = free_port();
     let fast = [("BROADCAST_RATE", "1000")];
     let a = Replica::start(2, port, &fast);
@@ -150,6 +151,7 @@ async fn a_replica_killed_mid_stream_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn bad_messages_get_a_reason() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(5, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;
@@ -212,6 +214,7 @@ async fn bad_messages_get_a_reason() {
 /// it has not seen, and every stream says how soon to reconnect.
 #[tokio::test]
 async fn a_reconnect_replays_only_what_was_missed() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(6, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;

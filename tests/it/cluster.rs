@@ -2,16 +2,15 @@
 //! Everything here talks to loopback only. Nothing sleeps and hopes: every wait polls with
 //! a deadline and reports what it last saw.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use crate::common::*;
 
 /// A neighbour on the port that is not a replica: answers every connection with `reply`.
 async fn fake_service(addr: SocketAddr, reply: &'static str) -> tokio::task::JoinHandle<()> {
@@ -37,6 +36,7 @@ const GARBAGE: &str = "SSH-2.0-OpenSSH_9.2\r\nProtocol mismatch.\r\n";
 
 #[tokio::test]
 async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
+    let _machine = shared().await;
     let port = free_port();
     let _other = fake_service((ip(9), port).into(), OTHER_SERVICE).await;
     let _garbage = fake_service((ip(10), port).into(), GARBAGE).await;
@@ -55,7 +55,7 @@ async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
 
     for r in &replicas {
         let foreign = eventually("both neighbours reported foreign", || async {
-            let s = get_json(&r.url("/api/status")).await.ok_or("no status")?;
+            let s = status_of(r).await?;
             let foreign: Vec<(String, String)> = s["foreign"]
                 .as_array()
                 .cloned()
@@ -133,6 +133,7 @@ async fn three_replicas_find_each_other_foreign_services_are_not_admitted() {
 
 #[tokio::test]
 async fn curl_gets_json_and_browsers_get_html() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(
         2,
@@ -216,6 +217,7 @@ async fn curl_gets_json_and_browsers_get_html() {
 /// cached, each region under the id the page gives it and with the page's own markup.
 #[tokio::test]
 async fn the_page_regions_are_the_page_s_html() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(
         2,
@@ -283,6 +285,7 @@ async fn the_page_regions_are_the_page_s_html() {
 
 #[tokio::test]
 async fn answers_are_uniform_uncached_and_compressed() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(6, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;
@@ -376,6 +379,7 @@ async fn answers_are_uniform_uncached_and_compressed() {
 
 #[tokio::test]
 async fn hello_must_come_from_the_claimed_address() {
+    let _machine = shared().await;
     let port = free_port();
     let r = Replica::start(5, port, &[("SCAN_CIDRS", "off")]);
     let me = identity_of(&r).await;
@@ -408,6 +412,7 @@ async fn hello_must_come_from_the_claimed_address() {
 
 #[tokio::test]
 async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
+    let _machine = shared().await;
     let port = free_port();
     let a = Replica::start(2, port, &[]);
     let b = Replica::start(3, port, &[]);
@@ -461,6 +466,7 @@ async fn a_killed_replica_dies_and_its_restart_is_a_new_member() {
 
 #[tokio::test]
 async fn a_graceful_stop_says_goodbye() {
+    let _machine = shared().await;
     let port = free_port();
     let log = std::env::temp_dir().join(format!("rollcall-goodbye-{}.log", std::process::id()));
     let a = Replica::start_logging(2, port, &[], Some(&log));
@@ -509,6 +515,7 @@ async fn a_graceful_stop_says_goodbye() {
 
 #[tokio::test]
 async fn a_draining_replica_serves_until_requests_stop() {
+    let _machine = shared().await;
     let port = free_port();
     let log = std::env::temp_dir().join(format!("rollcall-drain-{}.log", std::process::id()));
     let mut r = Replica::start_logging(5, port, &[], Some(&log));
@@ -524,7 +531,7 @@ async fn a_draining_replica_serves_until_requests_stop() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     r.terminate();
     let status = eventually("/api/status to say draining", || async {
-        let s = get_json(&r.url("/api/status")).await.ok_or("no answer")?;
+        let s = status_of(&r).await?;
         if s["draining"] == true {
             Ok(s)
         } else {
@@ -575,8 +582,9 @@ async fn a_draining_replica_serves_until_requests_stop() {
     );
 }
 
-#[test]
-fn a_bad_setting_stops_start_up_with_one_line() {
+#[tokio::test]
+async fn a_bad_setting_stops_start_up_with_one_line() {
+    let _machine = shared().await;
     for (var, value) in [
         ("SCAN_CIDRS", "10.0.0.0/8"),
         ("PORT", "eighty"),
@@ -586,14 +594,8 @@ fn a_bad_setting_stops_start_up_with_one_line() {
         ("DATABASE_URL", "mysql://db.internal/app"),
         ("REGISTRY_TTL_SECS", "2"),
     ] {
-        let out = Command::new(BIN)
-            .env_clear()
-            .env("SCAN_CIDRS", "off")
-            .env(var, value)
-            .output()
-            .expect("run rollcall");
-        assert_eq!(out.status.code(), Some(2), "{var}={value}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = start_with_setting(var, value).await;
+        assert_eq!(code, Some(2), "{var}={value} (None: it started)");
         assert_eq!(err.trim_end().lines().count(), 1, "{var}={value}: {err}");
         assert!(
             err.contains(var) && err.contains(value),
@@ -604,6 +606,7 @@ fn a_bad_setting_stops_start_up_with_one_line() {
 
 #[tokio::test]
 async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
+    let _machine = shared().await;
     let port = free_port();
     let mut demo = Guard(
         Command::new(BIN)
@@ -712,7 +715,8 @@ async fn the_demo_rotates_through_its_front_door_and_stops_cleanly() {
 /// records each answer in the strip, and shows messages that cross replicas as they arrive.
 #[tokio::test]
 async fn the_page_goes_live_in_a_real_browser() {
-    use common::browser::{Browser, local_chromedriver, local_curl};
+    use crate::common::browser::{Browser, local_chromedriver, local_curl};
+    let _machine = shared().await;
     let port = free_port();
     let scan = [("SCAN_CIDRS", "127.0.0.6,127.0.0.7")];
     let a = Replica::start(6, port, &scan);
@@ -830,6 +834,7 @@ async fn the_page_goes_live_in_a_real_browser() {
 /// shows the whole N×N matrix, says when views agree, keeps a timeline, and exports metrics.
 #[tokio::test]
 async fn mesh_views_timeline_and_metrics() {
+    let _machine = shared().await;
     let port = free_port();
     let a = Replica::start(2, port, &[]);
     let b = Replica::start(3, port, &[]);
@@ -838,7 +843,7 @@ async fn mesh_views_timeline_and_metrics() {
     let status = eventually(
         "a full 3×3 mesh, all direct calls ok, views agreeing",
         || async {
-            let s = get_json(&a.url("/api/status")).await.ok_or("no status")?;
+            let s = status_of(&a).await?;
             let rows = s["mesh"].as_object().cloned().unwrap_or_default();
             let ok_cells = rows
                 .values()
@@ -855,7 +860,7 @@ async fn mesh_views_timeline_and_metrics() {
     .await;
     let hash = status["view_hash"].as_str().unwrap().to_string();
     for r in [&b, c.as_ref().unwrap()] {
-        let s = get_json(&r.url("/api/status")).await.unwrap();
+        let s = status_of(r).await.unwrap();
         assert_eq!(
             s["view_hash"],
             hash.as_str(),
@@ -878,7 +883,7 @@ async fn mesh_views_timeline_and_metrics() {
     eventually(
         "the death on the timeline and views converged on 2",
         || async {
-            let s = get_json(&a.url("/api/status")).await.ok_or("no status")?;
+            let s = status_of(&a).await?;
             let died = s["timeline"].as_array().is_some_and(|t| {
                 t.iter()
                     .any(|e| e["kind"] == "dead" && e["instance_id"] == c_id.as_str())

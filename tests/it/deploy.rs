@@ -11,21 +11,20 @@
 //! must name a file that exists in the image's layout, and the real binary, placed there
 //! and started with that argv, must answer `/readyz`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::{CommandFactory, Parser};
-use common::*;
 use rollcall::config::Cli;
 use rollcall::identity::PLATFORM_VARIABLES;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::common::*;
+
 fn read(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let full = repo(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -72,6 +71,7 @@ const SINGLE_INSTANCE_SIZES: &[&str] = &[
 
 #[tokio::test]
 async fn app_platform_spec_matches_the_program() {
+    let _machine = shared().await;
     let app = yaml(".do/app.yaml");
     let services = app["services"].as_sequence().expect("services");
     assert_eq!(services.len(), 1);
@@ -150,7 +150,7 @@ async fn app_platform_spec_matches_the_program() {
     identity_of(&r).await;
     let resp = client().get(r.url(path)).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{path}");
-    let status = get_json(&r.url("/api/status")).await.expect("status");
+    let status = status_of(&r).await.expect("status");
     let membership = status["membership"].as_str().unwrap_or_default();
     assert!(
         membership.starts_with("unproven") && membership.contains("placeholder"),
@@ -456,6 +456,7 @@ fn launches() -> Vec<Launch> {
 
 #[tokio::test]
 async fn every_platform_starts_the_binary_it_builds() {
+    let _machine = shared().await;
     let root = std::env::temp_dir().join(format!("rollcall-layout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     for (i, launch) in launches().iter().enumerate() {
@@ -508,7 +509,6 @@ fn the_model_catches_a_command_the_image_cannot_run() {
 #[test]
 fn dockerfile_copies_what_exists_and_builds_as_ci_does() {
     let dockerfile = read("Dockerfile");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (word, rest) in instructions(&dockerfile) {
         if word != "COPY" || rest.starts_with("--from") {
             continue;
@@ -516,7 +516,7 @@ fn dockerfile_copies_what_exists_and_builds_as_ci_does() {
         let parts: Vec<&str> = rest.split_whitespace().collect();
         for source in &parts[..parts.len() - 1] {
             assert!(
-                root.join(source).exists(),
+                repo(source).exists(),
                 "Dockerfile copies {source}, which does not exist"
             );
         }
@@ -556,6 +556,7 @@ fn container_security(docs: &[Value]) -> (&Value, &Value) {
 
 #[tokio::test]
 async fn kubernetes_manifest_matches_the_program() {
+    let _machine = shared().await;
     let docs = yaml_docs("deploy/kubernetes.yaml");
     let kinds: Vec<&str> = docs.iter().map(|d| str_of(d, "kind")).collect();
     assert_eq!(kinds, ["Deployment", "Service", "Service"]);
@@ -695,7 +696,7 @@ fn kubernetes_pod_meets_the_restricted_profile() {
 /// PyPI, with the API schemas bundled), in strict mode: no unknown or misplaced field.
 #[test]
 fn kubernetes_manifest_validates_strictly() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes.yaml");
+    let manifest = repo("deploy/kubernetes.yaml");
     let out = match Command::new("python3")
         .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
         .arg(&manifest)

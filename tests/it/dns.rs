@@ -1,13 +1,12 @@
 //! DNS discovery and seeds against a real DNS server (dnsmasq) that each test starts on
 //! loopback; replicas ask it through DNS_SERVER and nothing else.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::dnsmasq::Dnsmasq;
-use common::*;
 use serde_json::Value;
+
+use crate::common::dnsmasq::Dnsmasq;
+use crate::common::*;
 
 /// The evidence line for `subject` in the replica's report for `method`.
 async fn evidence(replica: &Replica, method: &str, subject: &str) -> Result<Value, String> {
@@ -41,6 +40,7 @@ async fn wait_for_evidence(
 
 #[tokio::test]
 async fn a_name_listing_every_replica_is_enough_to_find_them() {
+    let _machine = shared().await;
     let dns = Dnsmasq::start(&[
         ("peers.test", "127.0.0.2"),
         ("peers.test", "127.0.0.3"),
@@ -81,7 +81,7 @@ async fn a_name_listing_every_replica_is_enough_to_find_them() {
         assert_eq!(probe["detail"], "NXDOMAIN", "{probe}");
     }
     for r in &replicas {
-        let status = get_json(&r.url("/api/status")).await.unwrap();
+        let status = status_of(r).await.unwrap();
         let verdict = status["verdict"].as_str().unwrap();
         assert!(
             verdict.starts_with("Replicas can call each other directly (2 reachable)"),
@@ -104,6 +104,7 @@ async fn a_name_listing_every_replica_is_enough_to_find_them() {
 
 #[tokio::test]
 async fn a_service_name_that_points_at_the_load_balancer_is_an_alias_not_a_peer_list() {
+    let _machine = shared().await;
     let port = free_port();
     // The demo's front door on 127.0.0.1 round-robins over the replicas, like a
     // platform's service IP; the service name resolves to it alone.
@@ -135,9 +136,7 @@ async fn a_service_name_that_points_at_the_load_balancer_is_an_alias_not_a_peer_
     );
     // Asked again and again, the one address answers as different replicas.
     eventually("the alias to answer as 2 or more replicas", || async {
-        let status = get_json(&replica.url("/api/status"))
-            .await
-            .ok_or("no status")?;
+        let status = status_of(&replica).await?;
         let alias = status["aliases"]
             .as_array()
             .and_then(|a| {
@@ -169,6 +168,7 @@ async fn a_service_name_that_points_at_the_load_balancer_is_an_alias_not_a_peer_
 
 #[tokio::test]
 async fn ipv6_replicas_are_found_through_aaaa_records() {
+    let _machine = shared().await;
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         println!("skipped: this machine has no ::1");
         return;
@@ -204,6 +204,7 @@ async fn ipv6_replicas_are_found_through_aaaa_records() {
 
 #[tokio::test]
 async fn seed_peers_by_address_and_by_name() {
+    let _machine = shared().await;
     let port = free_port();
     let dns = Dnsmasq::start(&[("seed.test", "127.0.0.4")]);
     let server = dns.addr.to_string();

@@ -2,16 +2,15 @@
 //! start themselves: nothing hostile is admitted, nothing stalls, memory stays bounded,
 //! and `/peer` cannot be used to amplify traffic.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::*;
 
 const SECRET: &str = "a-test-secret-of-some-length";
 
@@ -111,6 +110,7 @@ async fn hostile(addr: SocketAddr, how: Hostile) -> tokio::task::JoinHandle<()> 
 
 #[tokio::test]
 async fn hostile_neighbours_end_up_foreign_in_bounded_time_and_memory() {
+    let _machine = shared().await;
     let port = free_port();
     let env = [("CLUSTER_SECRET", SECRET), ("SCAN_INTERVAL_SECS", "5")];
     let b = Replica::start(3, port, &env);
@@ -151,7 +151,7 @@ async fn hostile_neighbours_end_up_foreign_in_bounded_time_and_memory() {
     identity_of(&impostor).await;
     let started = Instant::now();
     let foreign = eventually("every hostile neighbour reported foreign", || async {
-        let status = get_json(&a.url("/api/status")).await.ok_or("no status")?;
+        let status = status_of(&a).await?;
         let foreign = status["foreign"].as_array().cloned().unwrap_or_default();
         let missing: Vec<String> = cases
             .iter()
@@ -195,7 +195,7 @@ async fn hostile_neighbours_end_up_foreign_in_bounded_time_and_memory() {
 
     // Only the real, proven replicas are members, and the page says membership is proven.
     wait_until_lists(&a, &[&a, &b]).await;
-    let status = get_json(&a.url("/api/status")).await.unwrap();
+    let status = status_of(&a).await.unwrap();
     assert!(
         status["membership"].as_str().unwrap().starts_with("proven"),
         "{status}"
@@ -258,6 +258,7 @@ async fn counting_member(addr: SocketAddr) -> Arc<AtomicUsize> {
 
 #[tokio::test]
 async fn peer_cannot_be_used_to_amplify_or_to_reach_non_members() {
+    let _machine = shared().await;
     let port = free_port();
     let member = SocketAddr::from((ip(21), port));
     let calls = counting_member(member).await;

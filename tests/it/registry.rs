@@ -2,13 +2,12 @@
 //! machine, and a real PostgreSQL server started for each test. Scanning is off, so the
 //! registry is the only way replicas can find each other (announce follows from it).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::postgres::Postgres;
-use common::*;
 use sqlx::sqlite::SqlitePool;
+
+use crate::common::postgres::Postgres;
+use crate::common::*;
 
 const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
@@ -36,6 +35,7 @@ async fn rows_for(db: &SqlitePool, instance_id: &str) -> i64 {
 
 #[tokio::test]
 async fn sqlite_registry_alone_finds_replicas_and_cleans_up_after_them() {
+    let _machine = shared().await;
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("rollcall-registry-test-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -151,6 +151,7 @@ async fn sqlite_registry_alone_finds_replicas_and_cleans_up_after_them() {
 
 #[tokio::test]
 async fn postgres_notify_brings_a_new_replica_well_before_a_heartbeat() {
+    let _machine = shared().await;
     let pg = Postgres::start();
     let port = free_port();
     // A long heartbeat: only LISTEN/NOTIFY can explain a fast registry sighting.
@@ -196,6 +197,7 @@ async fn postgres_notify_brings_a_new_replica_well_before_a_heartbeat() {
 
 #[tokio::test]
 async fn postgres_outage_keeps_replicas_serving_and_the_registry_recovers() {
+    let _machine = shared().await;
     let pg = Postgres::start();
     let port = free_port();
     let env = registry_env(&pg.url(None), "1", "5");
@@ -255,6 +257,7 @@ async fn postgres_outage_keeps_replicas_serving_and_the_registry_recovers() {
 
 #[tokio::test]
 async fn a_database_password_never_reaches_a_log_or_a_page() {
+    let _machine = shared().await;
     const SECRET: &str = "Sup3rS3cretPw";
     let pg = Postgres::start();
     let port = free_port();

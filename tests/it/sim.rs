@@ -1,34 +1,28 @@
 //! End to end on simulated platforms (`scripts/sim`): replicas in network namespaces this
 //! test builds and removes, HAProxy in front, a real DNS server, a real browser. Needs
 //! root; without it these tests say so and skip, except under CI=true, where a missing
-//! capability is a failure.
-
-mod common;
+//! capability is a failure. Each takes the machine to itself ([`heavy`]): besides its
+//! load (a scan of 64 /24s, wrk, a browser), the topologies share namespace names and
+//! `scripts/sim`'s state directory, so they also run one at a time.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::browser::Browser;
-use common::{BIN, eventually};
 use serde_json::Value;
+
+use crate::common::browser::Browser;
+use crate::common::{BIN, eventually, heavy, is_root, repo};
 
 const FRONT: &str = "http://127.0.100.1";
 
-/// Topologies share namespace names: one at a time.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/sim")
+    repo("scripts/sim")
 }
 
 fn can_simulate() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if root {
+    if is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -206,7 +200,7 @@ async fn app_platform_topology() {
     if !can_simulate() {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _machine = heavy().await;
     let sim = Sim::up("do");
 
     // Through HAProxy, the answers rotate over all three replicas.
@@ -362,7 +356,9 @@ async fn app_platform_topology() {
     })
     .await;
     println!("the strip shows {answered}");
-    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sim-do.png");
+    let shot = repo("target/sim-do.png");
+    // The build may have gone elsewhere (CARGO_TARGET_DIR): the directory may not exist.
+    std::fs::create_dir_all(shot.parent().expect("a directory")).expect("target/");
     browser.screenshot(&shot);
     assert!(
         shot.metadata().is_ok_and(|m| m.len() > 10_000),
@@ -376,7 +372,7 @@ async fn dokku_topology_finds_replicas_by_dns_alone() {
     if !can_simulate() {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _machine = heavy().await;
     let sim = Sim::up("dokku");
     for r in ["a", "b", "c"] {
         wait_for_peers(&sim, r, "dns").await;
@@ -401,7 +397,7 @@ async fn isolated_topology_relays_through_the_load_balancer() {
     if !can_simulate() {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _machine = heavy().await;
     let sim = Sim::up("isolated");
     let status = eventually("the verdict through the load balancer", || async {
         let s = sim.get(&format!("{FRONT}/api/status")).ok_or("no status")?;

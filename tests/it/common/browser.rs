@@ -19,6 +19,8 @@ pub struct Browser {
     session: String,
     curl: Curl,
     chromedriver: Child,
+    /// Chromium's profile directory, removed when the browser is dropped.
+    profile: String,
 }
 
 fn call(curl: &Curl, method: &str, url: &str, body: Option<&Value>) -> Option<Value> {
@@ -72,6 +74,7 @@ impl Browser {
             session,
             curl,
             chromedriver,
+            profile,
         }
     }
 
@@ -126,6 +129,7 @@ impl Drop for Browser {
         );
         let _ = self.chromedriver.kill();
         let _ = self.chromedriver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 

@@ -1,15 +1,63 @@
 //! Helpers shared by the integration tests: real replicas (the built binary) on
-//! 127.0.0.x, and waits that poll with a deadline instead of sleeping and hoping.
-#![allow(dead_code)] // each test binary uses its own subset
+//! 127.0.0.x, waits that poll with a deadline instead of sleeping and hoping, the real
+//! servers some tests start (PostgreSQL, dnsmasq, Chromium), and the locks that say which
+//! tests may run beside which.
 
-use std::net::{Ipv4Addr, SocketAddr};
+pub mod browser;
+pub mod dnsmasq;
+pub mod postgres;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The machine, as the tests of this binary share it. libtest runs them in parallel
+/// threads (one per CPU unless `--test-threads` says otherwise), so what may run beside
+/// what is said here, not by which file a test is in:
+///
+/// - a test that starts replicas or servers and then waits on clocks takes [`shared`]:
+///   such tests run beside each other, as the tests of each file always did;
+/// - a test that loads the whole machine (a flood of hellos, 20,000 idle connections, 200
+///   slowloris connections, a platform simulation with its namespaces, HAProxy, wrk and a
+///   browser) takes [`heavy`]: it waits for every shared test to finish, and none starts
+///   until it is done, so its load does not skew another test's timing, nor another's
+///   load its own;
+/// - a test that stays in this process and takes well under a second (router, fuzz, the
+///   deploy files) takes neither.
+///
+/// A tokio lock: a test that fails holding it does not poison it, and it is fair, so a
+/// heavy test that waits is not overtaken by shared tests that come after it.
+static MACHINE: RwLock<()> = RwLock::const_new(());
+
+/// Held for the whole of a test that starts processes or servers (see [`MACHINE`]).
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+/// Held for the whole of a test that loads the machine: it runs alone (see [`MACHINE`]).
+pub async fn heavy() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
+/// A file of this repository, by its path from the repository's root.
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Whether the tests run as root (the simulator and PostgreSQL's `runuser` need to know).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
 
 /// A port no other test uses: the kernel's pick on 127.0.0.1, reused on 127.0.0.x.
 pub fn free_port() -> u16 {
@@ -132,6 +180,18 @@ pub fn client() -> reqwest::Client {
     CLIENT.with(|c| c.clone())
 }
 
+/// A client whose connections leave from `local` (an attacker's or another client's own
+/// address), giving up after `timeout`.
+pub fn client_from(local: impl Into<IpAddr>, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(local.into())
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .build()
+        .expect("client")
+}
+
 /// The body of a GET that asks for `accept`; panics when there is none.
 pub async fn get_text(url: &str, accept: &str) -> String {
     let response = client().get(url).header("accept", accept).send().await;
@@ -144,6 +204,51 @@ pub async fn get_json(url: &str) -> Option<Value> {
         return None;
     }
     r.json().await.ok()
+}
+
+/// `/api/status` of `replica`, or why there is none.
+pub async fn status_of(replica: &Replica) -> Result<Value, String> {
+    get_json(&replica.url("/api/status"))
+        .await
+        .ok_or_else(|| format!("{} not answering /api/status", replica.addr))
+}
+
+/// Runs the binary with one setting, `var=value`, over settings that would start it on
+/// loopback with nothing to scan and no database: its exit status (None: still running
+/// after 5 s, so it started, and was killed) and what it wrote to stderr. For settings
+/// that must stop start-up.
+pub async fn start_with_setting(var: &str, value: &str) -> (Option<i32>, String) {
+    let port = free_port().to_string();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("SCAN_CIDRS", "off")
+        // Should it start anyway: no database file, loopback only.
+        .env("DATABASE_URL", "off")
+        .env("BIND_ADDR", "127.0.0.100")
+        .env("PORT", &port)
+        .env(var, value)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rollcall");
+    let started = Instant::now();
+    let mut code = None;
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(status)) = child.try_wait() {
+            code = Some(status.code().unwrap_or(-1));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still running: stop it (a no-op for a process that has exited).
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (code, stderr)
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails with what it last saw.
@@ -195,9 +300,7 @@ pub async fn wait_for_state(replica: &Replica, instance_id: &str, want: &str) {
 
 /// (instance_id, addr, state) of every member, as `replica` sees them.
 pub async fn states(replica: &Replica) -> Result<Vec<(String, String, String)>, String> {
-    let status = get_json(&replica.url("/api/status"))
-        .await
-        .ok_or_else(|| format!("{} not answering", replica.addr))?;
+    let status = status_of(replica).await?;
     Ok(status["members"]
         .as_array()
         .cloned()
@@ -258,13 +361,9 @@ pub async fn identity_of(replica: &Replica) -> Value {
     })
     .await
 }
-pub mod postgres;
-
 /// One method's entry in the discovery report of `replica`.
 pub async fn discovery(replica: &Replica, method: &str) -> Result<Value, String> {
-    let status = get_json(&replica.url("/api/status"))
-        .await
-        .ok_or_else(|| format!("{} not answering", replica.addr))?;
+    let status = status_of(replica).await?;
     status["discovery"]
         .as_array()
         .and_then(|d| d.iter().find(|m| m["method"] == method).cloned())
@@ -276,9 +375,7 @@ pub async fn wait_for_source(replica: &Replica, instance_id: &str, source: &str)
     eventually(
         &format!("{instance_id} alive via {source} on {}", replica.addr),
         || async {
-            let status = get_json(&replica.url("/api/status"))
-                .await
-                .ok_or("no status")?;
+            let status = status_of(replica).await?;
             let member = status["members"]
                 .as_array()
                 .and_then(|m| m.iter().find(|m| m["instance_id"] == instance_id).cloned())
@@ -302,8 +399,6 @@ pub async fn instance_id(replica: &Replica) -> String {
         .unwrap_or_default()
         .to_string()
 }
-pub mod dnsmasq;
-
 /// A child process that is killed when the test ends, even when it fails.
 pub struct Guard(pub Child);
 
@@ -313,8 +408,6 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
-pub mod browser;
-
 /// A process's resident memory in KiB, from /proc (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use super::is_root;
+
 pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
@@ -30,13 +32,6 @@ fn server_bin() -> PathBuf {
     versions.pop().expect(
         "PostgreSQL server binaries not found (scripts/test installs the postgresql package)",
     )
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 impl Postgres {
