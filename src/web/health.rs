@@ -9,11 +9,14 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 503 while draining, so the load balancer stops sending before the process stops.
+/// 503 until the replica serves, and again while it drains, so the load balancer sends
+/// nothing to a replica that is not there yet or no longer.
 pub async fn readyz(State(drain): State<Drain>) -> (StatusCode, &'static str) {
     if drain.is_ready() {
         (StatusCode::OK, "ready\n")
-    } else {
+    } else if drain.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
 }

@@ -33,6 +33,58 @@ async fn rows_for(db: &SqlitePool, instance_id: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The demo starts its replicas at the same moment, and they migrate one fresh SQLite
+/// file at the same moment: none of them may report the registry failing for it.
+#[tokio::test]
+async fn demo_replicas_starting_together_never_report_a_migration_race() {
+    let _machine = shared().await;
+    const STARTS: usize = 8;
+    for round in 0..STARTS {
+        let port = free_port();
+        let _demo = Guard(
+            std::process::Command::new(BIN)
+                .env_clear()
+                .env("RUST_LOG", "warn")
+                .args(["demo", "--replicas", "3", "--port", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start demo"),
+        );
+        let replicas: Vec<_> = (2..=4).map(|last| Replica::attach(last, port)).collect();
+        for r in &replicas {
+            eventually("the registry to run on every demo replica", || async {
+                let report = discovery(r, "registry").await?;
+                if report["last_run_ms_ago"].is_u64() {
+                    Ok(())
+                } else {
+                    Err(report.to_string())
+                }
+            })
+            .await;
+        }
+        for r in &replicas {
+            let metrics = client()
+                .get(r.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                metrics.contains("rollcall_registry_heartbeat_errors_total 0"),
+                "start {round}: {}",
+                metrics
+                    .lines()
+                    .find(|l| l.starts_with("rollcall_registry_heartbeat_errors_total"))
+                    .unwrap_or("no registry error counter")
+            );
+        }
+    }
+    println!("{STARTS} demo starts (3 replicas, one fresh SQLite file each): no registry error");
+}
+
 #[tokio::test]
 async fn sqlite_registry_alone_finds_replicas_and_cleans_up_after_them() {
     let _machine = shared().await;
@@ -223,6 +275,10 @@ async fn postgres_outage_keeps_replicas_serving_and_the_registry_recovers() {
         down.elapsed(),
         report["detail"]
     );
+    // The reason a person can act on, not the pool's "timed out".
+    let detail = report["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("cannot connect"), "{detail}");
+    assert!(!detail.contains("pool timed out"), "{detail}");
     // Serving and direct probing go on: the members stay alive.
     for r in [&a, &b] {
         assert_eq!(alive_addrs(r).await.unwrap().len(), 2);

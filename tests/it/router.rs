@@ -349,7 +349,7 @@ async fn readyz_is_503_until_the_replica_runs() {
     assert_eq!(text(response).await, "ok\n");
     let response = get(&router, "/readyz").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    error_reason(response).await;
+    assert_eq!(error_reason(response).await, "starting");
 
     // What `run` does once it serves.
     app.state().drain.set_ready();
