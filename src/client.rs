@@ -219,8 +219,14 @@ async fn send_bounded(request: reqwest::RequestBuilder) -> Result<Vec<u8>, CallE
 /// and the body is at most [`MAX_IDENTITY_BYTES`], so hostile input costs little.
 pub fn parse_identity(body: &[u8]) -> Result<Identity, CallError> {
     serde_json::from_slice::<Identity>(body).map_err(|e| {
-        let mut why = e.to_string();
-        why.truncate(120);
+        // serde quotes the peer's own text: cut on characters (a byte cut could land inside
+        // one and panic), and drop control characters (they would forge log lines).
+        let why = e
+            .to_string()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(120)
+            .collect();
         CallError::NotIdentity(why)
     })
 }
@@ -240,4 +246,25 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, CallEr
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_error_text_is_cut_on_characters() {
+        for pad in 0..4 {
+            // Somewhere around byte 120 of serde's message an é is cut in two.
+            let body = format!(
+                r#"{{"instance_id":"x","name":"x","service":"x","addr":"1.2.3.4:5","system":{{"cpus":"{}a{}"}}}}"#,
+                "b".repeat(pad),
+                "é".repeat(100)
+            );
+            match parse_identity(body.as_bytes()) {
+                Err(CallError::NotIdentity(why)) => assert!(why.chars().count() <= 120),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

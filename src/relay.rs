@@ -173,6 +173,8 @@ struct Backoff(Duration);
 
 const FIRST_TRY: Duration = Duration::from_millis(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A relay stream that lasted this long was a real connection.
+const STREAM_LIVED: Duration = Duration::from_secs(5);
 
 impl Default for Backoff {
     fn default() -> Backoff {
@@ -375,7 +377,7 @@ pub async fn run(
             format!("through {} to hub {hub}", public.join("")),
         );
         tracing::info!(%hub, "relay connected");
-        retry.reset();
+        let connected = std::time::Instant::now();
         let mut response = response;
         let mut reader = SseReader::default();
         while let Ok(Some(bytes)) = response.chunk().await {
@@ -393,6 +395,11 @@ pub async fn run(
                     inbox.deliver(message);
                 }
             }
+        }
+        // A stream that ends at once (a hub draining, say) is a failed attempt, not a
+        // connection: only one that lived starts the next attempt from the shortest wait.
+        if connected.elapsed() >= STREAM_LIVED {
+            retry.reset();
         }
         tracing::warn!(%hub, "relay connection lost; agreeing on the next hub");
         relay.set_cookie(None);

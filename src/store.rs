@@ -165,10 +165,12 @@ impl Store {
 
     /// Creates or updates the tables.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.inner.pool)
-            .await
-            .map_err(|e| self.error(e))
+        match MIGRATOR.run(&self.inner.pool).await {
+            Ok(()) => Ok(()),
+            // A database that is down at start-up fails here first: say why, as below.
+            Err(sqlx::migrate::MigrateError::Execute(e)) => Err(self.explain(e).await),
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     /// One heartbeat: refresh our row, read everyone's, delete those older than `ttl` (or

@@ -166,7 +166,7 @@ fn plausible(identity: &Identity) -> Result<(), String> {
 
 /// Keeps a hostile peer's or client's string from filling the page or a log.
 pub fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::membership::{Snapshot, State};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Claim, Store, StoreError};
 use crate::timeline::{EventKind, Timeline};
+use crate::verify::fails_proof;
 use crate::wire::{Method, MethodStatus};
 
 /// The registry method: heartbeats into the store and reads everyone's rows.
@@ -42,6 +43,23 @@ pub struct Registry {
 
 /// How long a replica that lost a migration race waits before looking again.
 const MIGRATION_RETRY: Duration = Duration::from_millis(200);
+
+/// Whether the table knows the replica behind a row is gone: it left, it restarted as
+/// another instance, or it stopped answering and has not written its row since. (One that
+/// still heartbeats but cannot be reached is cut off, not gone.)
+fn is_gone(snapshot: &Snapshot, claim: &Claim) -> bool {
+    snapshot
+        .member(&claim.instance_id)
+        .is_some_and(|m| match m.state {
+            State::Left => true,
+            State::Dead => {
+                m.replaced_by.is_some()
+                    || u128::try_from(claim.age_ms)
+                        .is_ok_and(|age| age >= m.state_since.elapsed().as_millis())
+            }
+            State::Alive | State::Suspect => false,
+        })
+}
 
 /// One heartbeat's rows and how many stale ones it deleted, or why it failed.
 pub type Heartbeat = Result<(Vec<Claim>, u64), StoreError>;
@@ -119,15 +137,18 @@ impl Registry {
 
     fn report(&self, claims: &[Claim], removed: u64, snapshot: &Snapshot) -> Report {
         let stale = claims.iter().filter(|c| !self.is_fresh(c)).count();
-        // Replicas the rows say exist: not this one, and not one the table knows is gone
-        // (a crashed replica's row outlives it until the TTL).
+        // Replicas the rows say exist: not this one; not one the table knows is gone (a
+        // crashed replica's row outlives it until the TTL, but it stops being refreshed);
+        // not one that answers and fails the CLUSTER_SECRET proof (counted as refused).
         let others = claims
             .iter()
             .filter(|c| self.is_fresh(c) && c.instance_id != self.me.id())
+            .filter(|c| !is_gone(snapshot, c))
             .filter(|c| {
                 !snapshot
-                    .member(&c.instance_id)
-                    .is_some_and(|m| matches!(m.state, State::Dead | State::Left))
+                    .foreign
+                    .iter()
+                    .any(|(addr, f)| addr.to_string() == c.addr && fails_proof(&f.reason))
             })
             .count();
         let evidence = claims

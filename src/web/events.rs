@@ -56,6 +56,8 @@ pub struct Watched {
 struct Feed {
     messages: broadcast::Receiver<Message>,
     members: Option<broadcast::Receiver<MemberEvent>>,
+    /// Where a stream that fell behind on member events reads every state again.
+    membership: Membership,
     shutdown: CancellationToken,
     pending: VecDeque<Event>,
     /// A relay subscriber's stream: counted while it lives, every message signed.
@@ -140,6 +142,18 @@ impl Feed {
             .push_back(Event::default().event("member").data(data.to_string()));
     }
 
+    /// Every member's state as it is now.
+    fn every_member(&mut self) {
+        for m in &self.membership.snapshot().members {
+            let who = Who {
+                instance_id: m.identity.instance_id.clone(),
+                name: m.identity.name.clone(),
+                addr: m.identity.addr,
+            };
+            self.member_event(&who, m.state.as_str());
+        }
+    }
+
     /// The page shows members' states: changes of state are its news.
     fn on_member_event(&mut self, event: &MemberEvent) {
         match event {
@@ -188,7 +202,8 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
                 change = member_changed(&mut feed.members) => match change {
                     Ok(event) => feed.on_member_event(&event),
                     // The page polls its regions too: a lagging stream only misses news.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // Fell behind: every member's state again, so none stays stale.
+                    Err(broadcast::error::RecvError::Lagged(_)) => feed.every_member(),
                     Err(broadcast::error::RecvError::Closed) => feed.members = None,
                 },
                 () = feed.shutdown.cancelled() => return None,
@@ -210,6 +225,7 @@ fn feed(
     let mut feed = Feed {
         messages,
         members: members.then(|| watched.membership.events()),
+        membership: watched.membership.clone(),
         shutdown: watched.shutdown.clone(),
         pending: VecDeque::new(),
         relay,
@@ -229,14 +245,7 @@ fn feed(
                 .filter(|m| seen.is_none_or(|last| m.id.as_str() > last))
                 .map(message_event),
         );
-        for m in &watched.membership.snapshot().members {
-            let who = Who {
-                instance_id: m.identity.instance_id.clone(),
-                name: m.identity.name.clone(),
-                addr: m.identity.addr,
-            };
-            feed.member_event(&who, m.state.as_str());
-        }
+        feed.every_member();
     }
     feed
 }

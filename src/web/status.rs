@@ -275,9 +275,9 @@ impl Census {
             match (m.state, &m.replaced_by) {
                 (State::Alive, _) => census.reachable += 1,
                 (State::Suspect, _) => census.suspect += 1,
-                (State::Dead, Some(_)) => census.restarted += 1,
+                (State::Dead | State::Left, Some(_)) => census.restarted += 1,
                 (State::Dead, None) => census.crashed += 1,
-                (State::Left, _) => census.left += 1,
+                (State::Left, None) => census.left += 1,
             }
         }
         census
@@ -350,10 +350,8 @@ pub fn verdict(census: &Census, discovery: &[MethodView]) -> String {
     let reachable = census.reachable;
     let mut parts = vec![match (known, reachable) {
         (0, _) if census.refused > 0 => format!(
-            "No replica admitted: {} answer{} as this service but fail{} the CLUSTER_SECRET proof",
-            census.refused,
-            if census.refused == 1 { "s" } else { "" },
-            if census.refused == 1 { "s" } else { "" },
+            "No replica admitted: {} the CLUSTER_SECRET proof",
+            refused(census.refused)
         ),
         (0, _) if census.history().is_some() => "No other replica now".to_string(),
         (0, _) => "No other replica found yet".to_string(),
@@ -385,14 +383,20 @@ pub fn verdict(census: &Census, discovery: &[MethodView]) -> String {
     }
     if known > 0 && census.refused > 0 {
         parts.push(format!(
-            "{} more answer as this service but fail the CLUSTER_SECRET proof",
-            census.refused
+            "{} the CLUSTER_SECRET proof",
+            refused(census.refused)
         ));
     }
     if let Some(history) = census.history() {
         parts.push(history);
     }
     format!("{}.", parts.join("; "))
+}
+
+/// "2 answer as this service but fail", in agreement with the count.
+fn refused(n: usize) -> String {
+    let s = if n == 1 { "s" } else { "" };
+    format!("{n} answer{s} as this service but fail{s}")
 }
 
 fn join_and_owned(items: &[String]) -> String {
@@ -487,6 +491,14 @@ mod tests {
                     ..census(0, 0)
                 },
                 "No replica admitted: 2 answer as this service but fail the CLUSTER_SECRET proof.",
+            ),
+            (
+                "one admitted, one with another secret",
+                Census {
+                    refused: 1,
+                    ..census(1, 1)
+                },
+                "Replicas can call each other directly (1 reachable); found by scan and registry; no DNS name lists them; 1 answers as this service but fails the CLUSTER_SECRET proof.",
             ),
             ("no peers", census(0, 0), "No other replica found yet."),
             (
