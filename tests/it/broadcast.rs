@@ -95,7 +95,9 @@ async fn all_delivered_once(listeners: &[(&str, &Listener)], ids: &[String]) {
 
 #[tokio::test]
 async fn a_thousand_messages_reach_every_client_exactly_once() {
-    let _machine = shared().await;
+    // A throughput test runs alone: a stream starved of CPU by other tests falls more than
+    // a channel's worth behind and, by design, skips messages rather than hold them.
+    let _machine = heavy().await;
     let port = free_port();
     // A throughput test: the per-client broadcast limit raised out of the way.
     let replicas: Vec<Replica> = [2, 3, 4]
