@@ -6,6 +6,10 @@
 "use strict";
 
 const POLL_MS = 2000;
+// A poll that has not answered by then counts as no answer.
+const POLL_TIMEOUT_MS = 3000;
+// Polls failing this long make the page say so and grey what it shows.
+const STALE_MS = 4000;
 const STRIP_MAX = 40;
 const $ = (id) => document.getElementById(id);
 
@@ -28,10 +32,25 @@ function record(hero, kind) {
     .join("");
 }
 
+// When polls began to fail; null while they answer.
+let failingSince = null;
+
+// No stale green: when nobody answers, the page says since when, and greys what it shows
+// (it is the cluster as it was then); it recovers by itself on the next answer.
+function showStale() {
+  const stale = failingSince !== null && Date.now() - failingSince >= STALE_MS;
+  const el = $("stale");
+  if (stale) {
+    el.textContent = `No replica answers since ${new Date(failingSince).toLocaleTimeString()}: what is shown below is from then.`;
+  }
+  el.hidden = !stale;
+  document.body.classList.toggle("stale", stale);
+}
+
 async function poll() {
   let answered = null;
   try {
-    const r = await fetch("/page/regions", { cache: "no-store" });
+    const r = await fetch("/page/regions", { cache: "no-store", signal: AbortSignal.timeout(POLL_TIMEOUT_MS) });
     if (r.ok) {
       const regions = new DOMParser().parseFromString(await r.text(), "text/html");
       answered = regions.getElementById("hero");
@@ -44,6 +63,9 @@ async function poll() {
     // A replica going away mid-poll: recorded as no answer; the next poll lands elsewhere.
   }
   record(answered, "poll");
+  if (answered) failingSince = null;
+  else if (failingSince === null) failingSince = Date.now();
+  showStale();
   setTimeout(poll, POLL_MS);
 }
 

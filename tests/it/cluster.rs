@@ -828,6 +828,35 @@ async fn the_page_goes_live_in_a_real_browser() {
     .await;
     let hero = browser.eval("return document.querySelector('#served-name').textContent");
     assert_eq!(hero, "r6");
+    // No stale green: after a few seconds without answers the page says since when and
+    // greys what it shows ...
+    eventually("the page to say that no replica answers", || async {
+        let stale = browser.eval(
+            "const s = document.querySelector('#stale'); return [!s.hidden, s.textContent, document.body.classList.contains('stale')]",
+        );
+        if stale[0] == true && stale[2] == true {
+            Ok(stale[1].as_str().unwrap_or("").to_string())
+        } else {
+            Err(stale.to_string())
+        }
+    })
+    .await
+    .starts_with("No replica answers since")
+    .then_some(())
+    .expect("the banner says since when");
+    // ... and recovers by itself when a replica answers again.
+    let _back = Replica::start(6, port, &scan);
+    eventually("the page to recover when a replica answers again", || async {
+        let stale = browser.eval(
+            "return [document.querySelector('#stale').hidden, document.body.classList.contains('stale')]",
+        );
+        if stale == serde_json::json!([true, false]) {
+            Ok(())
+        } else {
+            Err(stale.to_string())
+        }
+    })
+    .await;
 }
 
 /// Every replica publishes its row of direct probes and a hash of its view: any replica
