@@ -50,7 +50,8 @@ function showStale() {
 async function poll() {
   let answered = null;
   try {
-    const r = await fetch("/page/regions", { cache: "no-store", signal: AbortSignal.timeout(POLL_TIMEOUT_MS) });
+    const page = encodeURIComponent($("hero").dataset.instance || "");
+    const r = await fetch(`/page/regions?page=${page}`, { cache: "no-store", signal: AbortSignal.timeout(POLL_TIMEOUT_MS) });
     if (r.ok) {
       const regions = new DOMParser().parseFromString(await r.text(), "text/html");
       answered = regions.getElementById("hero");
@@ -63,6 +64,11 @@ async function poll() {
     // A replica going away mid-poll: recorded as no answer; the next poll lands elsewhere.
   }
   record(answered, "poll");
+  if (answered) {
+    $("answering-name").textContent = answered.dataset.name;
+    $("answering").style.setProperty("--hue", Number(answered.dataset.hue) || 0);
+    $("answering").hidden = false;
+  }
   if (answered) failingSince = null;
   else if (failingSince === null) failingSince = Date.now();
   showStale();

@@ -5,9 +5,10 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use crate::broadcast::{Broadcaster, Message};
@@ -70,11 +71,30 @@ pub async fn index(
     response
 }
 
-/// `GET /page/regions`: what changes on the page, as HTML. Always HTML, whatever `Accept`
-/// says, and never cached: each poll may land on another replica.
-pub async fn regions(State(sources): State<StatusSources>) -> Response {
+#[derive(Debug, Deserialize)]
+pub struct RegionsQuery {
+    /// The instance that served the page: "this replica" stays that one, whichever
+    /// replica renders the regions.
+    page: Option<String>,
+}
+
+/// `GET /page/regions[?page=INSTANCE_ID]`: what changes on the page, as HTML. Always HTML,
+/// whatever `Accept` says, and never cached: each poll may land on another replica.
+pub async fn regions(
+    State(sources): State<StatusSources>,
+    Query(query): Query<RegionsQuery>,
+) -> Response {
+    let mut s = Status::of(&sources);
+    if let Some(page) = query
+        .page
+        .filter(|id| s.members.iter().any(|m| m.instance_id == *id))
+    {
+        for m in &mut s.members {
+            m.is_self = m.instance_id == page;
+        }
+    }
     let page = IndexPage {
-        s: Status::of(&sources),
+        s,
         // Messages arrive by /events; no region shows the history.
         history: Vec::new(),
     };

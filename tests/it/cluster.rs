@@ -215,6 +215,45 @@ async fn curl_gets_json_and_browsers_get_html() {
 
 /// `/page/regions`: the page's live regions as HTML, whatever the client accepts, never
 /// cached, each region under the id the page gives it and with the page's own markup.
+/// Behind a load balancer a page's polls are answered by other replicas: "this replica"
+/// in the regions stays the replica that served the page (`?page=`).
+#[tokio::test]
+async fn this_replica_stays_the_page_s_whoever_renders_the_regions() {
+    let _machine = shared().await;
+    let port = free_port();
+    let scan = [("SCAN_CIDRS", "127.0.0.2,127.0.0.3")];
+    let a = Replica::start(2, port, &scan);
+    let b = Replica::start(3, port, &scan);
+    wait_until_all_see(&[&a, &b]).await;
+    let a_id = instance_id(&a).await;
+    let b_id = instance_id(&b).await;
+    // The opening tag of a member's entry in the members region.
+    let entry = |html: &str, id: &str| -> String {
+        let at = html
+            .find(&format!("data-id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id} not in {html}"));
+        let start = html[..at].rfind("<li").expect("an li");
+        html[start..at].to_string()
+    };
+    // Served by b, polled from a.
+    let regions = get_text(&a.url(&format!("/page/regions?page={b_id}")), "text/html").await;
+    assert!(
+        entry(&regions, &b_id).contains(" me\""),
+        "{}",
+        entry(&regions, &b_id)
+    );
+    assert!(
+        !entry(&regions, &a_id).contains(" me\""),
+        "{}",
+        entry(&regions, &a_id)
+    );
+    // Without `page` (or with an id that is no member), a marks itself.
+    for query in ["", "?page=nobody"] {
+        let regions = get_text(&a.url(&format!("/page/regions{query}")), "text/html").await;
+        assert!(entry(&regions, &a_id).contains(" me\""), "{query}");
+    }
+}
+
 #[tokio::test]
 async fn the_page_regions_are_the_page_s_html() {
     let _machine = shared().await;
