@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use crate::broadcast::{Broadcaster, Message};
@@ -50,20 +50,28 @@ pub async fn index(
     State(inbox): State<Broadcaster>,
     headers: HeaderMap,
 ) -> Response {
-    let wants_html = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/html"));
+    let accepts = |kind: &str| {
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains(kind))
+    };
     let status = Status::of(&sources);
-    let mut response = if wants_html {
+    let mut response = if accepts("text/html") {
         IndexPage {
             s: status,
             history: inbox.history(),
         }
         .into_response()
+    } else if accepts("text/plain") {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            plain(&status),
+        )
+            .into_response()
     } else {
-        Json(status).into_response()
+        for_curl(&status)
     };
     let headers = response.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("Accept"));
@@ -76,6 +84,61 @@ pub struct RegionsQuery {
     /// The instance that served the page: "this replica" stays that one, whichever
     /// replica renders the regions.
     page: Option<String>,
+}
+
+/// `curl /`: the status JSON, pretty, ending in a newline, led by a summary a person reads
+/// first. `/api/status` stays compact, for scripts.
+fn for_curl(status: &Status) -> Response {
+    #[derive(Serialize)]
+    struct ForCurl<'a> {
+        served_by: String,
+        alive: String,
+        #[serde(flatten)]
+        status: &'a Status,
+    }
+    let body = ForCurl {
+        served_by: format!("{} ({})", status.me.name, status.me.addr),
+        alive: alive_text(status),
+        status,
+    };
+    match serde_json::to_string_pretty(&body) {
+        Ok(json) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{json}\n"),
+        )
+            .into_response(),
+        Err(_) => Json(status).into_response(),
+    }
+}
+
+/// `curl -H 'Accept: text/plain' /`: a few lines, like whoami's.
+fn plain(status: &Status) -> String {
+    let mut lines = vec![
+        format!(
+            "Served by: {} {} (instance {})",
+            status.me.name, status.me.addr, status.me.instance_id
+        ),
+        format!("Verdict: {}", status.verdict),
+        format!("Alive: {}", alive_text(status)),
+    ];
+    lines.extend(status.members.iter().filter(|m| !m.is_self).map(|m| {
+        format!(
+            "Member: {} {} {} {}",
+            m.name,
+            m.addr,
+            m.state_text(),
+            m.rtt_text()
+        )
+    }));
+    lines.join("\n") + "\n"
+}
+
+/// Alive members, this one included, out of the expected number when one is set.
+fn alive_text(status: &Status) -> String {
+    match status.expected_replicas {
+        Some(expected) => format!("{} / {expected}", status.alive()),
+        None => status.alive().to_string(),
+    }
 }
 
 /// `GET /page/regions[?page=INSTANCE_ID]`: what changes on the page, as HTML. Always HTML,
@@ -180,10 +243,7 @@ impl IndexPage {
         hue(&self.s.me.instance_id)
     }
     fn found_text(&self) -> String {
-        match self.s.expected_replicas {
-            Some(expected) => format!("{} / {expected}", self.s.alive()),
-            None => self.s.alive().to_string(),
-        }
+        alive_text(&self.s)
     }
     fn relay_text(&self) -> String {
         match (&self.s.relay.hub, self.s.relay.mode) {

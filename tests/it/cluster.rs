@@ -155,9 +155,33 @@ async fn curl_gets_json_and_browsers_get_html() {
             .unwrap()
             .starts_with("application/json")
     );
-    let body: Value = json.json().await.unwrap();
+    // Pretty, ending in a newline, led by what a person reads first.
+    let text = json.text().await.unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "{{\n  \"served_by\": \"page-test (127.0.0.2:{port})\",\n  \"alive\": \"1\",\n  \"verdict\": "
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("}\n"), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["self"]["name"], "page-test");
     assert_eq!(body["members"][0]["self"], true);
+    // Scripts keep the compact JSON at /api/status.
+    let compact = get_text(&r.url("/api/status"), "application/json").await;
+    assert!(compact.starts_with("{\"verdict\":"), "{compact}");
+    // A few lines for a terminal.
+    let plain = get_text(&r.url("/"), "text/plain").await;
+    let lines: Vec<&str> = plain.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("Served by: page-test 127.0.0.2:{port} (instance ")),
+        "{plain}"
+    );
+    assert!(
+        lines[1].starts_with("Verdict: No other replica found yet"),
+        "{plain}"
+    );
+    assert_eq!(lines[2], "Alive: 1", "{plain}");
     let scan = body["discovery"]
         .as_array()
         .unwrap()
