@@ -15,7 +15,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use futures_util::Stream;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::limits::Limits;
+use super::negotiate::wants_html;
 use super::serve::{Full, Slot, Slots};
 use crate::broadcast::{Broadcaster, MAX_TEXT, Message};
 use crate::client::PeerClient;
@@ -315,7 +316,7 @@ pub async fn broadcast(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -354,7 +355,12 @@ pub async fn broadcast(
     delivered.extend(messaging.fan_out(&message).await);
     delivered.extend(crate::relay::publish(&messaging.relay, &message).await);
     dedup(&mut delivered);
-    Ok(Json(json!({ "id": message.id, "delivered_to": delivered })))
+    if form && wants_html(&headers) {
+        // A browser without JavaScript posted the page's form: back to the page, which
+        // shows the message in its history.
+        return Ok(Redirect::to("/").into_response());
+    }
+    Ok(Json(json!({ "id": message.id, "delivered_to": delivered })).into_response())
 }
 
 fn dedup(ids: &mut Vec<String>) {

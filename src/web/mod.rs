@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod health;
 mod limits;
+mod negotiate;
 mod page;
 mod peer;
 pub mod serve;

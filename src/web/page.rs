@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use super::negotiate::{accepts, wants_html};
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use crate::broadcast::{Broadcaster, Message};
 use crate::relay::RelayMode;
@@ -50,21 +51,14 @@ pub async fn index(
     State(inbox): State<Broadcaster>,
     headers: HeaderMap,
 ) -> Response {
-    let accepts = |kind: &str| {
-        headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains(kind))
-    };
     let status = Status::of(&sources);
-    let mut response = if accepts("text/html") {
+    let mut response = if wants_html(&headers) {
         IndexPage {
             s: status,
             history: inbox.history(),
         }
         .into_response()
-    } else if accepts("text/plain") {
+    } else if accepts(&headers, "text/plain") {
         (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             plain(&status),

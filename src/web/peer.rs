@@ -8,14 +8,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use askama::Template;
+use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
+use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::limits::Limits;
+use super::negotiate::wants_html;
 use crate::membership::{MAX_MEMBERS, Member, Membership, State as MemberState};
 use crate::metrics::Metrics;
 use crate::verify::{Verifier, clip};
@@ -95,7 +99,7 @@ pub async fn call_peers(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<PeerQuery>, QueryRejection>,
-) -> Result<Json<PeerCalls>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
     limits
         .peer
@@ -113,12 +117,12 @@ pub async fn call_peers(
         )));
     }
     if let Some(calls) = gate.recent.get(&query.to) {
-        return Ok(Json(calls));
+        return Ok(answer(calls, &headers));
     }
     // One fan-out at a time; whoever waited here gets its result.
     let _flight = gate.flight.lock().await;
     if let Some(calls) = gate.recent.get(&query.to) {
-        return Ok(Json(calls));
+        return Ok(answer(calls, &headers));
     }
     let snapshot = membership.snapshot();
     let targets: Vec<&Member> = snapshot
@@ -136,7 +140,23 @@ pub async fn call_peers(
         results,
     };
     gate.recent.insert(query.to, calls.clone());
-    Ok(Json(calls))
+    Ok(answer(calls, &headers))
+}
+
+/// The page for a browser that called without JavaScript (the page's own form), JSON for
+/// everything else.
+fn answer(calls: PeerCalls, headers: &HeaderMap) -> Response {
+    if wants_html(headers) {
+        PeerPage { calls }.into_response()
+    } else {
+        Json(calls).into_response()
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "peer.html")]
+struct PeerPage {
+    calls: PeerCalls,
 }
 
 async fn call(verifier: &Verifier, member: &Member) -> CallResult {

@@ -239,6 +239,61 @@ async fn curl_gets_json_and_browsers_get_html() {
 
 /// `/page/regions`: the page's live regions as HTML, whatever the client accepts, never
 /// cached, each region under the id the page gives it and with the page's own markup.
+/// Without JavaScript the page's two forms still come back to a page: a message posted
+/// with the form returns to the page (which shows it), and "Call every peer" shows its
+/// results as a page, not as raw JSON.
+#[tokio::test]
+async fn forms_without_javascript_come_back_to_a_page() {
+    let _machine = shared().await;
+    let port = free_port();
+    let scan = ("SCAN_CIDRS", "127.0.0.2,127.0.0.3");
+    let a = Replica::start(2, port, &[scan, ("INSTANCE_NAME", "forms-a")]);
+    let b = Replica::start(3, port, &[scan, ("INSTANCE_NAME", "forms-b")]);
+    wait_until_all_see(&[&a, &b]).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let html = "text/html,application/xhtml+xml,*/*;q=0.8";
+
+    let posted = browser
+        .post(a.url("/api/broadcast"))
+        .header("accept", html)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("text=posted+without+javascript")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 303);
+    assert_eq!(posted.headers()["location"], "/");
+    let page = get_text(&a.url("/"), html).await;
+    assert!(
+        page.contains("posted without javascript"),
+        "not on the page"
+    );
+
+    let peers = browser
+        .get(a.url("/peer"))
+        .header("accept", html)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peers.status(), 200);
+    assert!(
+        peers.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let peers = peers.text().await.unwrap();
+    assert!(peers.contains("from forms-a"), "{peers}");
+    assert!(peers.contains("forms-b"), "{peers}");
+    assert!(peers.contains("href=\"/\""), "{peers}");
+    // Scripts still get JSON from both.
+    let json = get_json(&a.url("/peer")).await.expect("peer JSON");
+    assert_eq!(json["from"]["name"], "forms-a");
+}
+
 /// Behind a load balancer a page's polls are answered by other replicas: "this replica"
 /// in the regions stays the replica that served the page (`?page=`).
 #[tokio::test]
