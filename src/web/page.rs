@@ -39,6 +39,24 @@ struct IndexPage {
     history: Vec<Message>,
 }
 
+/// The ids of the page's live regions: what `/page/regions` serves and static/app.js
+/// swaps in (a region's block may hold more than one).
+pub const REGION_IDS: &[&str] = &[
+    "hero",
+    "draining",
+    "verdict",
+    "membership",
+    "found",
+    "members",
+    "views",
+    "mesh",
+    "via-lb",
+    "relay-mode",
+    "discovery",
+    "timeline",
+    "not-members",
+];
+
 /// The live regions alone: each block of [`IndexPage`], one after another.
 #[derive(Template, WebTemplate)]
 #[template(path = "regions.html")]
@@ -434,21 +452,7 @@ mod tests {
         .render()
         .unwrap();
         // Everything static/app.js swaps, by the ids it swaps them by.
-        for id in [
-            "hero",
-            "draining",
-            "verdict",
-            "membership",
-            "found",
-            "members",
-            "views",
-            "mesh",
-            "via-lb",
-            "relay-mode",
-            "discovery",
-            "timeline",
-            "not-members",
-        ] {
+        for id in REGION_IDS {
             let attr = format!(" id=\"{id}\"");
             assert_eq!(regions.matches(&attr).count(), 1, "{id} in {regions}");
             assert_eq!(full.matches(&attr).count(), 1, "{id} in the page");

@@ -362,21 +362,7 @@ async fn the_page_regions_are_the_page_s_html() {
         assert!(header("content-type").starts_with("text/html"), "{accept}");
         assert_eq!(header("cache-control"), "no-store", "{accept}");
         let regions = resp.text().await.expect("a body");
-        for id in [
-            "hero",
-            "draining",
-            "verdict",
-            "membership",
-            "found",
-            "members",
-            "views",
-            "mesh",
-            "via-lb",
-            "relay-mode",
-            "discovery",
-            "timeline",
-            "not-members",
-        ] {
+        for id in rollcall::web::REGION_IDS {
             let attr = format!(" id=\"{id}\"");
             assert!(regions.contains(&attr), "{id} missing from:\n{regions}");
             assert!(page.contains(&attr), "{id} missing from the page");
