@@ -114,7 +114,15 @@ impl Limits {
                 quota(all, all.saturating_mul(2)),
             ),
             peer: Bucket::new(quota(3, 10), quota(20, 40)),
-            deliver: Bucket::new(quota(50, 200), quota(500, 1000)),
+            // A member forwards what its own clients broadcast, which its broadcast limit
+            // for everyone bounds: never limit it below that.
+            deliver: Bucket::new(
+                quota(all.max(50), all.saturating_mul(2).max(200)),
+                quota(
+                    all.saturating_mul(10).max(500),
+                    all.saturating_mul(20).max(1000),
+                ),
+            ),
             trusted,
         }
     }
