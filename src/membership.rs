@@ -599,11 +599,6 @@ impl Membership {
         self.inner.published.borrow().clone()
     }
 
-    /// Wakes on every published change.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.inner.published.subscribe()
-    }
-
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves the table usable: every change is whole.
         self.inner.table.lock().unwrap_or_else(|e| e.into_inner())

@@ -153,18 +153,16 @@ impl Status {
             error: None,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
-        let current = snapshot
-            .members
-            .iter()
-            .filter(|m| matches!(m.state, State::Alive | State::Suspect))
-            .count();
+        let mut census = Census::of(&snapshot);
         let discovery: Vec<MethodView> = sources
             .reports
             .all()
             .into_iter()
-            .map(|(method, report)| method_view(method, &report, &snapshot.members, current, now))
+            .map(|(method, report)| {
+                method_view(method, &report, &snapshot.members, census.current(), now)
+            })
             .collect();
-        let census = Census::of(&snapshot, &discovery);
+        census.claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
         Status {
             verdict: verdict(&census, &discovery),
             relay: sources.relay.view(),
@@ -261,9 +259,9 @@ pub struct Census {
 }
 
 impl Census {
-    pub fn of(snapshot: &Snapshot, discovery: &[MethodView]) -> Census {
+    /// The members and refusals in `snapshot`; `claimed` comes from the registry's report.
+    pub fn of(snapshot: &Snapshot) -> Census {
         let mut census = Census {
-            claimed: discovery.iter().map(|d| d.claimed).max().unwrap_or(0),
             refused: snapshot
                 .foreign
                 .iter()
@@ -543,11 +541,7 @@ mod tests {
         let report = Report::default();
         let scan = |table: &Membership| {
             let snapshot = table.snapshot();
-            let current = snapshot
-                .members
-                .iter()
-                .filter(|m| m.state != State::Dead)
-                .count();
+            let current = Census::of(&snapshot).current();
             method_view(
                 Method::Scan,
                 &report,
