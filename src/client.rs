@@ -19,8 +19,8 @@ pub enum CallError {
     Timeout,
     #[error("answered HTTP {0}")]
     Status(u16),
-    #[error("body larger than {MAX_IDENTITY_BYTES} bytes")]
-    TooLarge,
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
     #[error("not a rollcall identity ({0})")]
     NotIdentity(String),
     #[error("no valid proof of CLUSTER_SECRET")]
@@ -63,6 +63,7 @@ pub struct PeerClient {
     bound: Option<(IpAddr, reqwest::Client)>,
     /// For peers of the other address family (an IPv4 source cannot reach an IPv6 peer).
     any: reqwest::Client,
+    timeout: Duration,
 }
 
 fn http(local_ip: Option<IpAddr>, timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
@@ -110,6 +111,7 @@ impl PeerClient {
                 None => None,
             },
             any: http(None, timeout)?,
+            timeout,
         })
     }
 
@@ -143,7 +145,7 @@ impl PeerClient {
         if status != 200 {
             return Err(CallError::Status(status));
         }
-        let body = read_bounded(response).await?;
+        let body = read_bounded(response, MAX_IDENTITY_BYTES).await?;
         let identity = parse_identity(&body)?;
         Ok(Reply {
             identity,
@@ -154,13 +156,35 @@ impl PeerClient {
 
     /// `GET` a path on a peer; the body, bounded.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Vec<u8>, CallError> {
-        send_bounded(self.for_peer(addr).get(format!("http://{addr}{path}"))).await
+        send_bounded(
+            self.for_peer(addr).get(format!("http://{addr}{path}")),
+            MAX_IDENTITY_BYTES,
+        )
+        .await
+    }
+
+    /// `GET` a path on a peer that answers after calls of its own (a `/peer` fan-out, made
+    /// in parallel with this client's timeout): it gets twice the timeout, and its answer
+    /// may be longer than an identity, up to `limit` bytes.
+    pub async fn get_fan_out(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, CallError> {
+        let request = self
+            .for_peer(addr)
+            .get(format!("http://{addr}{path}"))
+            .header("accept", "application/json")
+            .timeout(self.timeout * 2);
+        send_bounded(request, limit).await
     }
 
     /// `GET` a URL (the public address, through the load balancer): the body and the time.
     pub async fn get_url(&self, url: &str) -> Result<(Vec<u8>, f64), CallError> {
         let started = Instant::now();
-        let body = send_bounded(self.any.get(url).header("accept", "application/json")).await?;
+        let request = self.any.get(url).header("accept", "application/json");
+        let body = send_bounded(request, MAX_IDENTITY_BYTES).await?;
         Ok((body, elapsed_ms(started)))
     }
 
@@ -175,7 +199,7 @@ impl PeerClient {
             .for_peer(addr)
             .post(format!("http://{addr}{path}"))
             .json(body);
-        send_bounded(request).await
+        send_bounded(request, MAX_IDENTITY_BYTES).await
     }
 
     /// `POST`s a JSON body to a URL (the public address), with a cookie and headers; the
@@ -198,7 +222,7 @@ impl PeerClient {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        send_bounded(request).await
+        send_bounded(request, MAX_IDENTITY_BYTES).await
     }
 }
 
@@ -207,10 +231,13 @@ fn elapsed_ms(started: Instant) -> f64 {
     (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0
 }
 
-async fn send_bounded(request: reqwest::RequestBuilder) -> Result<Vec<u8>, CallError> {
+async fn send_bounded(
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<Vec<u8>, CallError> {
     let response = request.send().await.map_err(CallError::from_reqwest)?;
     match response.status().as_u16() {
-        200..=299 => read_bounded(response).await,
+        200..=299 => read_bounded(response, limit).await,
         status => Err(CallError::Status(status)),
     }
 }
@@ -231,17 +258,17 @@ pub fn parse_identity(body: &[u8]) -> Result<Identity, CallError> {
     })
 }
 
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, CallError> {
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, CallError> {
     if response
         .content_length()
-        .is_some_and(|len| len > MAX_IDENTITY_BYTES as u64)
+        .is_some_and(|len| len > limit as u64)
     {
-        return Err(CallError::TooLarge);
+        return Err(CallError::TooLarge(limit));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(CallError::from_reqwest)? {
-        if body.len() + chunk.len() > MAX_IDENTITY_BYTES {
-            return Err(CallError::TooLarge);
+        if body.len() + chunk.len() > limit {
+            return Err(CallError::TooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }

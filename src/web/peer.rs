@@ -1,5 +1,7 @@
 //! `GET /peer`: proof that replicas talk directly. The replica that got the request calls
-//! every alive member (or the one named) itself, past the load balancer.
+//! every alive member (or the one named) itself, past the load balancer. With `from`, it
+//! hands the call to that member instead, directly, which runs it: a page behind a load
+//! balancer can run the calls on the replica that served it.
 //!
 //! A public endpoint that makes outbound calls must not amplify traffic: one fan-out at a
 //! time per replica, its result reused for a second, and rate limits per client and in all.
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::limits::Limits;
 use super::negotiate::wants_html;
-use crate::membership::{MAX_MEMBERS, Member, Membership, State as MemberState};
+use crate::membership::{MAX_MEMBERS, Member, Membership, Snapshot, State as MemberState};
 use crate::metrics::Metrics;
 use crate::verify::{Verifier, clip};
 use crate::wire::Identity;
@@ -30,22 +32,27 @@ use axum::http::HeaderMap;
 #[serde(deny_unknown_fields)]
 pub struct PeerQuery {
     to: Option<String>,
+    from: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerCalls {
+    /// Who ran the calls.
     from: Identity,
     results: Vec<CallResult>,
+    /// Who got the request and handed it to `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forwarded_by: Option<Identity>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     instance_id: String,
     name: String,
     addr: SocketAddr,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallResult {
     to: Target,
     ok: bool,
@@ -57,6 +64,9 @@ pub struct CallResult {
 
 /// How long a fan-out's result answers later requests.
 const REUSE_FOR: Duration = Duration::from_secs(1);
+
+/// A handed-on fan-out's answer names at most every member, each with its identity.
+const MAX_FORWARDED_BYTES: usize = MAX_MEMBERS * 2 * 1024;
 
 /// One fan-out at a time, its result reused for [`REUSE_FOR`]; rate limits are in
 /// [`Limits`].
@@ -105,16 +115,15 @@ pub async fn call_peers(
         .peer
         .admit(&limits.client(client, &headers), "/peer")?;
     let snapshot = membership.snapshot();
-    // `to` names a member, never an address: this endpoint must not reach anything else.
-    if let Some(id) = &query.to
-        && snapshot
-            .member(id)
-            .is_none_or(|m| m.state == MemberState::Left)
-    {
-        return Err(ApiError::NotFound(format!(
-            "'{}' is not a current member",
-            clip(id)
-        )));
+    // `to` and `from` name members, never addresses: this endpoint must not reach anything
+    // else.
+    if let Some(id) = &query.to {
+        current(&snapshot, id)?;
+    }
+    if let Some(id) = query.from.as_ref().filter(|id| *id != verifier.me().id()) {
+        let runner = current(&snapshot, id)?;
+        let calls = hand_on(&verifier, runner, query.to.as_deref()).await?;
+        return Ok(answer(calls, &headers));
     }
     if let Some(calls) = gate.recent.get(&query.to) {
         return Ok(answer(calls, &headers));
@@ -138,9 +147,55 @@ pub async fn call_peers(
     let calls = PeerCalls {
         from: verifier.me().identity(),
         results,
+        forwarded_by: None,
     };
     gate.recent.insert(query.to, calls.clone());
     Ok(answer(calls, &headers))
+}
+
+/// The member `id` names, when it is current (not left, not forgotten).
+fn current<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Member, ApiError> {
+    snapshot
+        .member(id)
+        .filter(|m| m.state != MemberState::Left)
+        .ok_or_else(|| ApiError::NotFound(format!("'{}' is not a current member", clip(id))))
+}
+
+/// Hands the call to `runner`, directly: it runs the fan-out (or the one call to `to`) and
+/// its answer must say it ran it.
+async fn hand_on(
+    verifier: &Verifier,
+    runner: &Member,
+    to: Option<&str>,
+) -> Result<PeerCalls, ApiError> {
+    let path = match to {
+        // A member id is letters and digits (`is_instance_id`): nothing to escape.
+        Some(to) => format!("/peer?to={to}"),
+        None => "/peer".to_string(),
+    };
+    let who = &runner.identity;
+    let failed = |why: String| {
+        ApiError::BadGateway(format!(
+            "{} ({}) could not run the calls: {why}",
+            clip(&who.name),
+            who.addr
+        ))
+    };
+    let body = verifier
+        .client()
+        .get_fan_out(who.addr, &path, MAX_FORWARDED_BYTES)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut calls: PeerCalls = serde_json::from_slice(&body)
+        .map_err(|_| failed("its answer is not a /peer result".into()))?;
+    if calls.from.instance_id != who.instance_id {
+        return Err(failed(format!(
+            "answered as another instance ({})",
+            clip(&calls.from.instance_id)
+        )));
+    }
+    calls.forwarded_by = Some(verifier.me().identity());
+    Ok(calls)
 }
 
 /// The page for a browser that called without JavaScript (the page's own form), JSON for
