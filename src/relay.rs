@@ -156,9 +156,14 @@ impl Drop for Subscriber {
 /// Relay is needed when some replica exists (the registry says so) that does not answer
 /// directly.
 fn unreachable_peers(reports: &Reports, membership: &Membership) -> usize {
-    let claimed = reports.all().values().map(|r| r.claimed).max().unwrap_or(0);
-    let alive = membership
-        .snapshot()
+    let snapshot = membership.snapshot();
+    let claimed = reports
+        .all()
+        .values()
+        .map(|r| r.claimed(&snapshot))
+        .max()
+        .unwrap_or(0);
+    let alive = snapshot
         .members
         .iter()
         .filter(|m| m.state == State::Alive)

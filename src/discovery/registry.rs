@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::candidate::Candidate;
-use super::report::{Evidence, Report};
+use super::report::{Claimed, Evidence, Report};
 use super::source::{Round, SETTLE, Source};
 use crate::identity::Me;
 use crate::membership::{Snapshot, State};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Claim, Store, StoreError};
 use crate::timeline::{EventKind, Timeline};
-use crate::verify::fails_proof;
 use crate::wire::{Method, MethodStatus};
 
 /// The registry method: heartbeats into the store and reads everyone's rows.
@@ -43,23 +42,6 @@ pub struct Registry {
 
 /// How long a replica that lost a migration race waits before looking again.
 const MIGRATION_RETRY: Duration = Duration::from_millis(200);
-
-/// Whether the table knows the replica behind a row is gone: it left, it restarted as
-/// another instance, or it stopped answering and has not written its row since. (One that
-/// still heartbeats but cannot be reached is cut off, not gone.)
-fn is_gone(snapshot: &Snapshot, claim: &Claim) -> bool {
-    snapshot
-        .member(&claim.instance_id)
-        .is_some_and(|m| match m.state {
-            State::Left => true,
-            State::Dead => {
-                m.replaced_by.is_some()
-                    || u128::try_from(claim.age_ms)
-                        .is_ok_and(|age| age >= m.state_since.elapsed().as_millis())
-            }
-            State::Alive | State::Suspect => false,
-        })
-}
 
 /// One heartbeat's rows and how many stale ones it deleted, or why it failed.
 pub type Heartbeat = Result<(Vec<Claim>, u64), StoreError>;
@@ -137,20 +119,18 @@ impl Registry {
 
     fn report(&self, claims: &[Claim], removed: u64, snapshot: &Snapshot) -> Report {
         let stale = claims.iter().filter(|c| !self.is_fresh(c)).count();
-        // Replicas the rows say exist: not this one; not one the table knows is gone (a
-        // crashed replica's row outlives it until the TTL, but it stops being refreshed);
-        // not one that answers and fails the CLUSTER_SECRET proof (counted as refused).
+        let read = Instant::now();
         let others = claims
             .iter()
             .filter(|c| self.is_fresh(c) && c.instance_id != self.me.id())
-            .filter(|c| !is_gone(snapshot, c))
-            .filter(|c| {
-                !snapshot
-                    .foreign
-                    .iter()
-                    .any(|(addr, f)| addr.to_string() == c.addr && fails_proof(&f.reason))
+            .map(|c| Claimed {
+                instance_id: c.instance_id.clone(),
+                addr: c.addr.clone(),
+                written: read
+                    .checked_sub(Duration::from_millis(c.age_ms.max(0).unsigned_abs()))
+                    .unwrap_or(read),
             })
-            .count();
+            .collect();
         let evidence = claims
             .iter()
             .map(|c| {
@@ -202,7 +182,7 @@ impl Registry {
                 },
             ),
             evidence,
-            claimed: others,
+            claims: others,
             ..Report::default()
         }
     }

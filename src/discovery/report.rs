@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::membership::{Snapshot, State};
+use crate::verify::fails_proof;
 use crate::wire::{Method, MethodStatus};
 
 /// What a source says about its own work, for the discovery report.
@@ -22,8 +23,32 @@ pub struct Report {
     pub failed: bool,
     /// What the source saw, one line each (registry rows, DNS answers, seeds).
     pub evidence: Vec<Evidence>,
-    /// Other replicas this source says exist, verified or not (registry rows).
-    pub claimed: usize,
+    /// Other replicas this source says exist, verified or not (fresh registry rows).
+    pub claims: Vec<Claimed>,
+}
+
+/// A replica a registry row says exists.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub instance_id: String,
+    pub addr: String,
+    /// When the replica last wrote its row.
+    pub written: Instant,
+}
+
+impl Claimed {
+    /// Whether the table knows the replica behind the row is gone: it left, it restarted
+    /// as another instance, or it stopped answering and has not written its row since.
+    /// (One that still heartbeats but cannot be reached is cut off, not gone.)
+    fn is_gone(&self, snapshot: &Snapshot) -> bool {
+        snapshot
+            .member(&self.instance_id)
+            .is_some_and(|m| match m.state {
+                State::Left => true,
+                State::Dead => m.replaced_by.is_some() || self.written <= m.state_since,
+                State::Alive | State::Suspect => false,
+            })
+    }
 }
 
 impl Report {
@@ -33,6 +58,23 @@ impl Report {
             off: Some(why.into()),
             ..Report::default()
         }
+    }
+
+    /// The replicas the rows say exist, judged on `snapshot` when asked (not when the rows
+    /// were read, which may be a round before a death the table already knows of): not
+    /// one known gone, nor one that answers and fails the CLUSTER_SECRET proof (counted
+    /// as refused).
+    pub fn claimed(&self, snapshot: &Snapshot) -> usize {
+        self.claims
+            .iter()
+            .filter(|c| !c.is_gone(snapshot))
+            .filter(|c| {
+                !snapshot
+                    .foreign
+                    .iter()
+                    .any(|(addr, f)| addr.to_string() == c.addr && fails_proof(&f.reason))
+            })
+            .count()
     }
 
     /// A method that has not finished a round yet.

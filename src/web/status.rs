@@ -158,9 +158,7 @@ impl Status {
             .reports
             .all()
             .into_iter()
-            .map(|(method, report)| {
-                method_view(method, &report, &snapshot.members, census.current(), now)
-            })
+            .map(|(method, report)| method_view(method, &report, &snapshot, now))
             .collect();
         census.claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
         Status {
@@ -301,25 +299,31 @@ impl Census {
 }
 
 /// How well a method worked, judged on what it could see: it `works` when it found every
-/// current member (dead and departed replicas never make it `partial`), `partial` when
-/// another method found current members it did not.
-fn method_view(
-    method: Method,
-    report: &Report,
-    members: &[Member],
-    current: usize,
-    now: Instant,
-) -> MethodView {
-    let found = members
-        .iter()
-        .filter(|m| matches!(m.state, State::Alive | State::Suspect) && m.sources.contains(&method))
+/// current member that was there when its last round began (dead and departed replicas,
+/// and replicas newer than its last look, never make it `partial`), `partial` when another
+/// method found current members it did not.
+fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instant) -> MethodView {
+    let current = || {
+        snapshot
+            .members
+            .iter()
+            .filter(|m| matches!(m.state, State::Alive | State::Suspect))
+    };
+    let found = current().filter(|m| m.sources.contains(&method)).count();
+    let round_began = report.last_run.map(|end| {
+        end.checked_sub(report.duration.unwrap_or_default())
+            .unwrap_or(end)
+    });
+    let missed = current()
+        .filter(|m| !m.sources.contains(&method))
+        .filter(|m| round_began.is_some_and(|began| m.state_since <= began))
         .count();
     let status = match (&report.off, report.failed, found) {
         (Some(_), _, _) => MethodStatus::Off,
         (None, true, _) => MethodStatus::Fails,
         (None, false, 0) => MethodStatus::Fails,
         // Announce only hears from replicas that found this one: it lists nobody.
-        (None, false, n) if method.enumerates() && n < current => MethodStatus::Partial,
+        (None, false, _) if method.enumerates() && missed > 0 => MethodStatus::Partial,
         _ => MethodStatus::Works,
     };
     let detail = match &report.off {
@@ -334,7 +338,7 @@ fn method_view(
         duration_ms: report.duration.map(|d| d.as_millis() as u64),
         detail,
         evidence: report.evidence.clone(),
-        claimed: report.claimed,
+        claimed: report.claimed(snapshot),
     }
 }
 
@@ -537,24 +541,23 @@ mod tests {
             forget_after: std::time::Duration::from_secs(600),
         });
         table.admit(identity("A", "127.0.0.2:80"), Method::Scan, 0.3);
+        // B joins before scan's round began: scan could have found it.
         table.admit(identity("B", "127.0.0.3:80"), Method::Registry, 0.3);
-        let report = Report::default();
+        let round = Report {
+            last_run: Some(Instant::now()),
+            duration: Some(std::time::Duration::ZERO),
+            ..Report::default()
+        };
         let scan = |table: &Membership| {
-            let snapshot = table.snapshot();
-            let current = Census::of(&snapshot).current();
-            method_view(
-                Method::Scan,
-                &report,
-                &snapshot.members,
-                current,
-                Instant::now(),
-            )
-            .status
+            method_view(Method::Scan, &round, &table.snapshot(), Instant::now()).status
         };
         // B is current and scan missed it.
         assert_eq!(scan(&table), MethodStatus::Partial);
         // B restarted elsewhere: history, not a miss.
         table.replaced("B", "C");
+        assert_eq!(scan(&table), MethodStatus::Works);
+        // D is newer than scan's last look: not a miss either, until scan looks again.
+        table.admit(identity("D", "127.0.0.4:80"), Method::Registry, 0.3);
         assert_eq!(scan(&table), MethodStatus::Works);
     }
 }

@@ -20,3 +20,4 @@ mod peer;
 mod registry;
 mod router;
 mod sim;
+mod verdict;
