@@ -19,5 +19,6 @@ mod hostile;
 mod peer;
 mod registry;
 mod router;
+mod screens;
 mod sim;
 mod verdict;
