@@ -87,6 +87,66 @@ async fn demo_replicas_starting_together_never_report_a_migration_race() {
     println!("{STARTS} demo starts (3 replicas, one fresh SQLite file each): no registry error");
 }
 
+/// Three replicas migrating one fresh PostgreSQL database at the same moment, twenty
+/// times: none of them may count a registry error for it.
+#[tokio::test]
+async fn postgres_replicas_starting_together_never_report_a_migration_race() {
+    let _machine = shared().await;
+    let pg = Postgres::start();
+    let admin = sqlx::PgPool::connect(&pg.url(None))
+        .await
+        .expect("connect to the test server");
+    const STARTS: usize = 20;
+    for round in 0..STARTS {
+        let database = format!("race_{round}");
+        // A name made here from a number: nothing to inject.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .expect("a fresh database");
+        let url = pg.url(None).replace("/postgres", &format!("/{database}"));
+        let port = free_port();
+        let env = registry_env(&url, "1", "5");
+        let replicas: Vec<Replica> = (2..=4).map(|last| start(last, port, &env)).collect();
+        for r in &replicas {
+            eventually("the registry to run on every replica", || async {
+                let report = discovery(r, "registry").await?;
+                if report["last_run_ms_ago"].is_u64() {
+                    Ok(())
+                } else {
+                    Err(report.to_string())
+                }
+            })
+            .await;
+            let report = discovery(r, "registry").await.expect("a report");
+            assert_ne!(report["status"], "fails", "start {round}: {report}");
+            let errors = registry_errors(r).await;
+            assert_eq!(
+                errors, "rollcall_registry_heartbeat_errors_total 0",
+                "start {round}"
+            );
+        }
+    }
+    println!("{STARTS} starts (3 replicas, one fresh PostgreSQL database each): no registry error");
+}
+
+/// The replica's registry error counter line, from `/metrics`.
+async fn registry_errors(replica: &Replica) -> String {
+    let metrics = client()
+        .get(replica.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("rollcall_registry_heartbeat_errors_total"))
+        .unwrap_or("no registry error counter")
+        .to_string()
+}
+
 #[tokio::test]
 async fn sqlite_registry_alone_finds_replicas_and_cleans_up_after_them() {
     let _machine = shared().await;
