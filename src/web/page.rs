@@ -184,10 +184,10 @@ pub async fn regions(
     response
 }
 
-/// Hues replicas are drawn in: blues, violets and pinks, clear of the status colours (red,
+/// Hues replicas are drawn in: cyans, blues, violets and purples, clear of the status colours (red,
 /// amber and green mean dead, suspect and alive on this page, and nothing else), and far
 /// enough apart to tell.
-const REPLICA_HUES: [u32; 9] = [195, 210, 225, 240, 255, 270, 285, 300, 315];
+const REPLICA_HUES: [u32; 8] = [195, 210, 225, 240, 255, 270, 285, 300];
 
 /// A stable colour per replica, so rotation is visible at a glance. The page carries it
 /// (`--hue`, and `data-hue` on the hero, which the strip of answers reuses).
@@ -490,9 +490,9 @@ mod tests {
         // builds share a page during a rolling deploy; one replica, one colour.
         // Re-pinned when hues moved to REPLICA_HUES (a deliberate change: a replica's
         // colour differed between the two builds for one rolling deploy).
-        assert_eq!(hue(""), REPLICA_HUES[0x811c_9dc5 % 9]);
-        assert_eq!(hue(""), 300);
-        assert_eq!(hue("01JTEST"), 240);
+        assert_eq!(hue(""), REPLICA_HUES[0x811c_9dc5 % 8]);
+        assert_eq!(hue(""), 270);
+        assert_eq!(hue("01JTEST"), 255);
     }
 
     #[test]
