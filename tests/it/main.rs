@@ -16,6 +16,7 @@ mod deploy;
 mod dns;
 mod fuzz;
 mod hostile;
+mod page;
 mod registry;
 mod router;
 mod sim;
