@@ -1,7 +1,7 @@
 //! Short labels for replicas where room is tight (the matrix's headers): the part of each
 //! name that tells it from the others. Pod names share their deployment and replica-set
 //! hash (`checkout-api-768976868d-vprdj`), so a cut-off start reads the same for every
-//! pod; what differs is at the end, or before a suffix they share (`…​.svc.cluster.local`).
+//! pod; what differs is at the end, or before a suffix they share (`.svc.cluster.local`).
 
 /// Where names are cut into words: the separators of pod names, host names and DNS.
 const SEPARATORS: &[char] = &['-', '.', '_'];

@@ -2,14 +2,14 @@
 //! gets JSON). `GET /page/regions`: the page's live regions, rendered by the same template
 //! blocks, which static/app.js swaps in every 2 s.
 
+use std::time::SystemTime;
+
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use std::time::SystemTime;
-
 use serde::{Deserialize, Serialize};
 
 use super::labels::short_labels;
@@ -184,9 +184,9 @@ pub async fn regions(
     response
 }
 
-/// Hues replicas are drawn in: cyans, blues, violets and purples, clear of the status colours (red,
-/// amber and green mean dead, suspect and alive on this page, and nothing else), and far
-/// enough apart to tell.
+/// Hues replicas are drawn in: cyans, blues, violets and purples, clear of the status
+/// colours (red, amber and green mean dead, suspect and alive on this page, and nothing
+/// else), and far enough apart to tell.
 const REPLICA_HUES: [u32; 8] = [195, 210, 225, 240, 255, 270, 285, 300];
 
 /// A stable colour per replica, so rotation is visible at a glance. The page carries it
@@ -209,7 +209,7 @@ fn esc(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Each member's short label, in order (see `labels`).
+/// Each member's short label, in order (see [`short_labels`]).
 fn labels_of(members: &[&MemberView]) -> Vec<String> {
     let named: Vec<(&str, &str)> = members
         .iter()
@@ -539,7 +539,7 @@ mod tests {
         IndexPage {
             s: Status {
                 verdict: "Replicas can call each other directly (1 reachable).".into(),
-                verdict_tone: super::super::status::Tone::Good,
+                verdict_tone: crate::web::status::Tone::Good,
                 membership: "by service name only",
                 draining: false,
                 relay: Default::default(),
@@ -618,16 +618,15 @@ mod tests {
             last_ok_ms_ago: Some(300),
             error: (!ok).then(|| "connection refused".into()),
         };
-        let row = |_: &str| {
-            [
-                ("01JSELF".to_string(), cell(true)),
-                ("01JPEER".to_string(), cell(true)),
-                ("01JDEAD".to_string(), cell(false)),
-            ]
-            .into_iter()
-            .collect()
-        };
-        page.s.mesh = [("01JSELF", row("01JSELF")), ("01JPEER", row("01JPEER"))]
+        // Both alive members reach each other, and not the dead one.
+        let row: std::collections::BTreeMap<String, crate::wire::MeshCell> = [
+            ("01JSELF".to_string(), cell(true)),
+            ("01JPEER".to_string(), cell(true)),
+            ("01JDEAD".to_string(), cell(false)),
+        ]
+        .into_iter()
+        .collect();
+        page.s.mesh = [("01JSELF", row.clone()), ("01JPEER", row)]
             .into_iter()
             .map(|(id, r)| (id.to_string(), r))
             .collect();
@@ -679,7 +678,7 @@ mod tests {
     #[test]
     fn the_verdict_box_carries_its_tone() {
         let mut page = sample_page();
-        page.s.verdict_tone = super::super::status::Tone::Neutral;
+        page.s.verdict_tone = crate::web::status::Tone::Neutral;
         let html = page.as_verdict().render().unwrap();
         assert!(
             html.starts_with("<div class=\"verdict tone-neutral\" id=\"verdict-box\">"),

@@ -81,6 +81,8 @@ fn screenshot_whole_page(browser: &Browser, width: u32, file: &str) {
     let height = height.as_u64().unwrap_or(900).clamp(600, 6000) as u32;
     browser.resize(width, height);
     let path = crate::common::repo("target").join(file);
+    // The build may have gone elsewhere (CARGO_TARGET_DIR): the directory may not exist.
+    std::fs::create_dir_all(path.parent().expect("a directory")).expect("target/");
     browser.screenshot(&path);
     println!("screenshot: {}", path.display());
 }
