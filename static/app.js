@@ -11,6 +11,10 @@ const POLL_TIMEOUT_MS = 3000;
 // Polls failing this long make the page say so and grey what it shows.
 const STALE_MS = 4000;
 const STRIP_MAX = 40;
+// Message ids remembered to show each message once: far more than the 50 a stream replays.
+const SEEN_MAX = 500;
+// The server's retry hint, for when the browser gives a stream up instead of retrying.
+const REOPEN_MS = 2000;
 const $ = (id) => document.getElementById(id);
 
 function esc(s) {
@@ -21,14 +25,14 @@ function esc(s) {
 // `hero` is a hero element, the page's or a poll's: it names the replica that rendered it;
 // none means no replica answered.
 function record(hero, kind) {
-  const { instance, name, hue } = hero ? hero.dataset : { name: "no answer", hue: 0 };
+  const { instance, name, label, hue } = hero ? hero.dataset : { name: "no answer", hue: 0 };
   let entries = [];
   try { entries = JSON.parse(sessionStorage.getItem("rollcall-strip") || "[]"); } catch (_) {}
-  entries.push({ id: instance, name, hue: Number(hue) || 0, kind: hero ? kind : "none", at: Date.now() });
+  entries.push({ id: instance, name, label, hue: Number(hue) || 0, kind: hero ? kind : "none", at: Date.now() });
   entries = entries.slice(-STRIP_MAX);
   try { sessionStorage.setItem("rollcall-strip", JSON.stringify(entries)); } catch (_) {}
   $("strip").innerHTML = entries
-    .map((e) => `<li class="${esc(e.kind)}" style="--hue: ${Number(e.hue) || 0}" title="${esc(e.kind)} at ${new Date(e.at).toLocaleTimeString()}">${esc(e.name)}</li>`)
+    .map((e) => `<li class="${esc(e.kind)}" style="--hue: ${Number(e.hue) || 0}" title="${esc(e.name)}: ${esc(e.kind)} at ${new Date(e.at).toLocaleTimeString()}">${esc(e.label || e.name)}</li>`)
     .join("");
 }
 
@@ -101,8 +105,28 @@ function nameOf(id) {
   return member ? member.dataset.name : "…" + String(id).slice(-6);
 }
 
+// Each message is shown once. A stream the browser resumes sends Last-Event-ID and gets
+// only newer messages, from whichever replica it lands on; a stream opened anew replays
+// the recent history, and one replica's stream may repeat a message that arrives as it
+// opens. Repeats are dropped here, and counted (data-repeats) for whoever wonders.
+const seen = new Set(); // in the order first seen: the oldest goes first
+let repeats = 0;
+
+function firstTime(id) {
+  if (seen.has(id)) return false;
+  seen.add(id);
+  if (seen.size > SEEN_MAX) seen.delete(seen.values().next().value);
+  return true;
+}
+
 function showMessage(m) {
+  if (m.id && !firstTime(String(m.id))) {
+    repeats += 1;
+    $("messages").dataset.repeats = String(repeats);
+    return;
+  }
   const li = document.createElement("li");
+  li.dataset.id = m.id || "";
   const path = m.via.map(nameOf).join(" → ");
   li.innerHTML = `<span class="text">${esc(m.text)}</span> <span class="path">entered by ${esc(nameOf(m.origin))} · ${esc(path)}</span>`;
   $("messages").prepend(li);
@@ -111,10 +135,15 @@ function showMessage(m) {
 
 function listen() {
   if (!window.EventSource) return;
-  $("messages").innerHTML = ""; // the stream starts with the recent history
   const events = new EventSource("/events");
   events.addEventListener("message", (ev) => {
     try { showMessage(JSON.parse(ev.data)); } catch (_) {}
+  });
+  // After a dropped stream the browser reconnects by itself, with Last-Event-ID. An answer
+  // that is not a stream (a front door with no replica behind it answers 503) makes it
+  // give up for good: open a new one, which replays the history.
+  events.addEventListener("error", () => {
+    if (events.readyState === EventSource.CLOSED) setTimeout(listen, REOPEN_MS);
   });
 }
 
@@ -131,6 +160,8 @@ async function say(ev) {
   } catch (_) {}
 }
 
+// The messages the page was served with are shown already.
+for (const li of $("messages").querySelectorAll("li[data-id]")) firstTime(li.dataset.id);
 record($("hero"), "reload");
 $("curl").textContent = "curl " + location.origin + "/";
 $("peer-form").addEventListener("submit", callPeers);

@@ -5,6 +5,7 @@ mod assets;
 mod error;
 mod events;
 mod health;
+mod labels;
 mod limits;
 mod negotiate;
 mod page;
@@ -12,6 +13,7 @@ mod peer;
 pub mod serve;
 pub mod state;
 pub mod status;
+mod timeline_lines;
 
 use std::time::{Duration, Instant};
 

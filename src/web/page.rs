@@ -2,6 +2,8 @@
 //! gets JSON). `GET /page/regions`: the page's live regions, rendered by the same template
 //! blocks, which static/app.js swaps in every 2 s.
 
+use std::time::SystemTime;
+
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
@@ -10,9 +12,12 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use super::labels::short_labels;
 use super::negotiate::{accepts, wants_html};
 use super::status::{MemberView, MethodView, Status, StatusSources};
+use super::timeline_lines::{Line, lines};
 use crate::broadcast::{Broadcaster, Message};
+use crate::membership::State as MemberState;
 use crate::relay::RelayMode;
 
 /// The page. Each named block is a live region that `/page/regions` renders again.
@@ -44,8 +49,7 @@ struct IndexPage {
 pub const REGION_IDS: &[&str] = &[
     "hero",
     "draining",
-    "verdict",
-    "membership",
+    "verdict-box",
     "found",
     "members",
     "views",
@@ -180,6 +184,11 @@ pub async fn regions(
     response
 }
 
+/// Hues replicas are drawn in: cyans, blues, violets and purples, clear of the status
+/// colours (red, amber and green mean dead, suspect and alive on this page, and nothing
+/// else), and far enough apart to tell.
+const REPLICA_HUES: [u32; 8] = [195, 210, 225, 240, 255, 270, 285, 300];
+
 /// A stable colour per replica, so rotation is visible at a glance. The page carries it
 /// (`--hue`, and `data-hue` on the hero, which the strip of answers reuses).
 pub fn hue(instance_id: &str) -> u32 {
@@ -187,7 +196,53 @@ pub fn hue(instance_id: &str) -> u32 {
     let hash = instance_id.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    hash % 360
+    REPLICA_HUES[hash as usize % REPLICA_HUES.len()]
+}
+
+/// Lines of the timeline shown: the latest happenings, not the whole history.
+const TIMELINE_LINES: usize = 30;
+
+/// Text for HTML built by hand.
+fn esc(s: &str) -> String {
+    askama::filters::escape(s, askama::filters::Html)
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+/// Each member's short label, in order (see [`short_labels`]).
+fn labels_of(members: &[&MemberView]) -> Vec<String> {
+    let named: Vec<(&str, &str)> = members
+        .iter()
+        .map(|m| (m.name.as_str(), m.instance_id.as_str()))
+        .collect();
+    short_labels(&named)
+}
+
+/// A matrix header: the short label, the whole name and state on hover; gone ones marked.
+fn mesh_header(m: &MemberView, label: &str) -> String {
+    let mark = match m.state {
+        MemberState::Dead => "✗ ",
+        MemberState::Left => "– ",
+        _ => "",
+    };
+    format!(
+        "<th class=\"state-{state}\" title=\"{name} ({state})\" style=\"--hue: {hue}\">{mark}{label}</th>",
+        state = m.state_text(),
+        name = esc(&m.name),
+        hue = m.hue(),
+        label = esc(label),
+    )
+}
+
+/// Direct calls under a millisecond are fast on any network; over five, slow.
+fn rtt_class(rtt_ms: f64) -> &'static str {
+    if rtt_ms < 1.0 {
+        "fast"
+    } else if rtt_ms < 5.0 {
+        "ok"
+    } else {
+        "slow"
+    }
 }
 
 /// The last `n` characters (ids in messages from outside need not be ASCII).
@@ -291,9 +346,20 @@ impl IndexPage {
             format!("split views: {} different member sets", distinct.len())
         }
     }
-    fn seen_by(&self, e: &crate::wire::TimelineEvent) -> String {
-        e.by.as_deref()
-            .map_or_else(String::new, |id| self.name_of(id))
+    /// The timeline, one line per happening, newest first.
+    fn timeline_lines(&self) -> Vec<Line> {
+        let mut all = lines(&self.s.timeline);
+        all.truncate(TIMELINE_LINES);
+        all
+    }
+    fn seen_by(&self, line: &Line) -> String {
+        let names: Vec<String> = line.by.iter().map(|id| self.name_of(id)).collect();
+        names.join(", ")
+    }
+    /// "12 s ago" as of this rendering: the page renders its regions again every 2 s.
+    fn ago_text(&self, line: &Line) -> String {
+        line.ms_ago(SystemTime::now())
+            .map_or_else(|| line.first.at.clone(), ago)
     }
     fn via_lb_text(&self) -> String {
         let direct: Vec<f64> = self.s.members.iter().filter_map(|m| m.rtt_ms).collect();
@@ -321,53 +387,90 @@ impl IndexPage {
             ),
         }
     }
-    fn event_subject(&self, e: &crate::wire::TimelineEvent) -> String {
+    fn event_subject(&self, line: &Line) -> String {
+        let e = &line.first;
         match (&e.name, &e.addr) {
             (Some(name), Some(addr)) => format!("{name} {addr}"),
             (None, Some(addr)) => addr.to_string(),
             _ => String::new(),
         }
     }
-    /// The N×N grid: escaped here, since it is built as text.
+    /// The matrix's replicas: every member not yet forgotten (dead and departed ones keep
+    /// their row and column until then), in instance-id order, so that every replica draws
+    /// the same matrix while the polls rotate between them.
+    fn mesh_members(&self) -> Vec<&MemberView> {
+        let mut members: Vec<&MemberView> = self.s.members.iter().collect();
+        members.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        members
+    }
+
+    /// The N×N grid: escaped here, since it is built as text. Headers are the shortest
+    /// part of each name that tells it apart, with the whole name on hover.
     fn mesh_html(&self) -> String {
-        let ids: Vec<&String> = self.s.mesh.keys().collect();
-        let esc = |s: &str| {
-            askama::filters::escape(s, askama::filters::Html)
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
+        let members = self.mesh_members();
+        let labels = labels_of(&members);
+        let heads: Vec<String> = members
+            .iter()
+            .zip(&labels)
+            .map(|(m, label)| mesh_header(m, label))
+            .collect();
         let mut html = String::from("<tr><th>from \\ to</th>");
-        for to in &ids {
-            html += &format!("<th>{}</th>", esc(&self.name_of(to)));
-        }
+        html.extend(heads.iter().cloned());
         html += "</tr>";
-        for from in &ids {
-            html += &format!("<tr><th>{}</th>", esc(&self.name_of(from)));
-            for to in &ids {
-                let cell = self.s.mesh.get(*from).and_then(|row| row.get(*to));
-                html += &match (from == to, cell) {
-                    (true, _) => "<td class=\"self\">·</td>".to_string(),
-                    (false, Some(c)) if c.ok => {
-                        let rtt = c.rtt_ms.unwrap_or(0.0);
-                        let class = if rtt < 1.0 {
-                            "fast"
-                        } else if rtt < 5.0 {
-                            "ok"
-                        } else {
-                            "slow"
-                        };
-                        format!("<td class=\"{class}\">{rtt:.2} ms</td>")
-                    }
-                    (false, Some(c)) => format!(
-                        "<td class=\"fail\" title=\"{}\">✗</td>",
-                        esc(c.error.as_deref().unwrap_or("no answer"))
-                    ),
-                    (false, None) => "<td class=\"none\">?</td>".to_string(),
-                };
+        for (from, head) in members.iter().zip(&heads) {
+            html += "<tr>";
+            html += head;
+            for to in &members {
+                html += &self.mesh_cell(from, to);
             }
             html += "</tr>";
         }
         html
+    }
+
+    /// What `from`'s own probes say of `to`; a row that is dead, gone or unread says so.
+    fn mesh_cell(&self, from: &MemberView, to: &MemberView) -> String {
+        let cell = self
+            .s
+            .mesh
+            .get(&from.instance_id)
+            .and_then(|row| row.get(&to.instance_id));
+        let (class, text, title) = match (from.state, to.state, cell) {
+            (MemberState::Dead, _, _) => ("fail", "✗".into(), format!("{} is dead", from.name)),
+            (MemberState::Left, _, _) => ("gone", "–".into(), format!("{} left", from.name)),
+            _ if from.instance_id == to.instance_id => ("self", "·".into(), String::new()),
+            (_, _, Some(c)) if c.ok => {
+                let rtt = c.rtt_ms.unwrap_or(0.0);
+                (rtt_class(rtt), format!("{rtt:.2} ms"), String::new())
+            }
+            (_, _, Some(c)) => (
+                "fail",
+                "✗".into(),
+                c.error.clone().unwrap_or_else(|| "no answer".into()),
+            ),
+            (_, MemberState::Dead, None) => ("fail", "✗".into(), format!("{} is dead", to.name)),
+            (_, MemberState::Left, None) => ("gone", "–".into(), format!("{} left", to.name)),
+            (MemberState::Suspect, _, None) => (
+                "none",
+                "?".into(),
+                format!("{} is suspect: its row is not read", from.name),
+            ),
+            _ => ("none", "?".into(), "not probed yet".into()),
+        };
+        format!(
+            "<td class=\"{class}\" title=\"{}\">{text}</td>",
+            esc(&title)
+        )
+    }
+
+    /// The serving replica's short label among the members: the strip of answers shows it.
+    fn hero_label(&self) -> String {
+        let members = self.mesh_members();
+        labels_of(&members)
+            .into_iter()
+            .zip(&members)
+            .find(|(_, m)| m.instance_id == self.s.me.instance_id)
+            .map_or_else(|| self.s.me.name.clone(), |(label, _)| label)
     }
     fn short_id(&self) -> &str {
         let id = &self.s.me.instance_id;
@@ -379,13 +482,36 @@ impl IndexPage {
 mod tests {
     use super::*;
     use crate::wire::MethodStatus;
+    use std::time::Duration;
 
     #[test]
     fn hue_is_a_stable_angle() {
         // Pinned: the strip keeps hues across reloads (sessionStorage), and replicas of two
         // builds share a page during a rolling deploy; one replica, one colour.
-        assert_eq!(hue(""), 0x811c_9dc5 % 360);
-        assert_eq!(hue("01JTEST"), 84);
+        // Re-pinned when hues moved to REPLICA_HUES (a deliberate change: a replica's
+        // colour differed between the two builds for one rolling deploy).
+        assert_eq!(hue(""), REPLICA_HUES[0x811c_9dc5 % 8]);
+        assert_eq!(hue(""), 270);
+        assert_eq!(hue("01JTEST"), 255);
+    }
+
+    #[test]
+    fn replica_hues_stay_clear_of_the_status_colours() {
+        // The hues of style.css's --bad (dead, failures), --warn (suspect, slow) and --ok
+        // (alive, fast); 35° away reads as another colour.
+        let status = [0, 43, 158];
+        let distance = |a: u32, b: u32| {
+            let d = a.abs_diff(b) % 360;
+            d.min(360 - d)
+        };
+        for h in REPLICA_HUES {
+            for s in status {
+                assert!(distance(h, s) >= 35, "{h} is close to {s}");
+            }
+        }
+        for i in 0..1000 {
+            assert!(REPLICA_HUES.contains(&hue(&format!("01J{i}"))));
+        }
     }
 
     fn sample_page() -> IndexPage {
@@ -413,6 +539,7 @@ mod tests {
         IndexPage {
             s: Status {
                 verdict: "Replicas can call each other directly (1 reachable).".into(),
+                verdict_tone: crate::web::status::Tone::Good,
                 membership: "by service name only",
                 draining: false,
                 relay: Default::default(),
@@ -472,6 +599,119 @@ mod tests {
         assert!(regions.contains("data-hue=\""), "{regions}");
         // Only regions: no page around them, no script, no messages.
         assert!(!regions.contains("<html") && !regions.contains("<script"));
+    }
+
+    /// A page of three pods, as 01JSELF sees them: 01JPEER alive, 01JDEAD dead.
+    fn page_with_a_dead_pod() -> IndexPage {
+        let mut page = sample_page();
+        let pod = |hash: &str| format!("checkout-api-768976868d-{hash}");
+        page.s.members[0].name = pod("aaaaa");
+        page.s.members[1].name = pod("bbbbb");
+        let mut dead = page.s.members[1].clone();
+        dead.instance_id = "01JDEAD".into();
+        dead.name = pod("ccccc");
+        dead.state = crate::membership::State::Dead;
+        page.s.members.push(dead);
+        let cell = |ok: bool| crate::wire::MeshCell {
+            ok,
+            rtt_ms: ok.then_some(0.4),
+            last_ok_ms_ago: Some(300),
+            error: (!ok).then(|| "connection refused".into()),
+        };
+        // Both alive members reach each other, and not the dead one.
+        let row: std::collections::BTreeMap<String, crate::wire::MeshCell> = [
+            ("01JSELF".to_string(), cell(true)),
+            ("01JPEER".to_string(), cell(true)),
+            ("01JDEAD".to_string(), cell(false)),
+        ]
+        .into_iter()
+        .collect();
+        page.s.mesh = [("01JSELF", row.clone()), ("01JPEER", row)]
+            .into_iter()
+            .map(|(id, r)| (id.to_string(), r))
+            .collect();
+        page
+    }
+
+    #[test]
+    fn the_matrix_keeps_dead_members_and_labels_pods_by_their_hash() {
+        let html = page_with_a_dead_pod().mesh_html();
+        let rows: Vec<&str> = html.split("</tr>").filter(|r| !r.is_empty()).collect();
+        assert_eq!(rows.len(), 4, "a header and three rows: {html}");
+        // Instance-id order, whoever renders: DEAD, PEER, SELF.
+        assert!(rows[0].contains(">✗ ccccc</th>"), "{}", rows[0]);
+        assert!(rows[0].contains(">bbbbb</th>") && rows[0].contains(">aaaaa</th>"));
+        assert!(rows[0].contains("title=\"checkout-api-768976868d-ccccc (dead)\""));
+        // The dead pod's row: it publishes none, and says why.
+        assert_eq!(
+            rows[1].matches("<td class=\"fail\"").count(),
+            3,
+            "{}",
+            rows[1]
+        );
+        assert!(rows[1].contains("is dead"));
+        // Its column: the others' failed probes of it.
+        for row in &rows[2..] {
+            assert!(
+                row.contains("<td class=\"fail\" title=\"connection refused\">✗</td>"),
+                "{row}"
+            );
+            assert_eq!(row.matches("<td class=\"fast\"").count(), 1, "{row}");
+            assert_eq!(row.matches("<td class=\"self\"").count(), 1, "{row}");
+        }
+    }
+
+    #[test]
+    fn members_that_left_are_grey_in_the_matrix_not_failures() {
+        let mut page = page_with_a_dead_pod();
+        page.s.members[2].state = crate::membership::State::Left;
+        // Members drop a departed replica from their rows.
+        for row in page.s.mesh.values_mut() {
+            row.remove("01JDEAD");
+        }
+        let html = page.mesh_html();
+        assert!(!html.contains("fail"), "{html}");
+        assert_eq!(html.matches("<td class=\"gone\"").count(), 5, "{html}");
+        assert!(html.contains(">– ccccc</th>"), "{html}");
+    }
+
+    #[test]
+    fn the_verdict_box_carries_its_tone() {
+        let mut page = sample_page();
+        page.s.verdict_tone = crate::web::status::Tone::Neutral;
+        let html = page.as_verdict().render().unwrap();
+        assert!(
+            html.starts_with("<div class=\"verdict tone-neutral\" id=\"verdict-box\">"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn the_timeline_is_one_line_per_happening_with_its_time_on_hover() {
+        let mut page = page_with_a_dead_pod();
+        let at = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(12))
+            .to_string();
+        let seen_by = |by: &str| crate::wire::TimelineEvent {
+            at: at.clone(),
+            kind: "dead".into(),
+            instance_id: Some("01JDEAD".into()),
+            name: Some("checkout-api-768976868d-ccccc".into()),
+            addr: None,
+            detail: "no answer".into(),
+            by: Some(by.into()),
+        };
+        page.s.timeline = vec![seen_by("01JSELF"), seen_by("01JPEER")];
+        let html = page.as_timeline().render().unwrap();
+        assert_eq!(html.matches("<li").count(), 1, "{html}");
+        assert!(html.contains("<li class=\"tone-bad\">"), "{html}");
+        assert!(
+            html.contains(&format!("title=\"{at}\">12 s ago</time>")),
+            "{html}"
+        );
+        assert!(
+            html.contains("seen by checkout-api-768976868d-aaaaa, checkout-api-768976868d-bbbbb"),
+            "{html}"
+        );
     }
 
     #[test]

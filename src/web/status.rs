@@ -24,6 +24,9 @@ use crate::wire::{Method, MethodStatus};
 pub struct Status {
     /// One sentence: can replicas talk directly, and what found them.
     pub verdict: String,
+    /// How the verdict reads at a glance (the page colours its box by it).
+    #[serde(skip)]
+    pub verdict_tone: Tone,
     /// What admits a member: a proof of CLUSTER_SECRET, or the service name alone.
     pub membership: &'static str,
     /// True from SIGTERM until the process exits: unready, serving out the last requests.
@@ -163,6 +166,7 @@ impl Status {
         census.claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
         Status {
             verdict: verdict(&census, &discovery),
+            verdict_tone: verdict_tone(&census),
             relay: sources.relay.view(),
             membership: sources.page.membership_mode,
             draining,
@@ -395,6 +399,43 @@ pub fn verdict(census: &Census, discovery: &[MethodView]) -> String {
     format!("{}.", parts.join("; "))
 }
 
+/// What a colour on the page means: the same four everywhere (the verdict, member states,
+/// the timeline), and nothing else is drawn in them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tone {
+    Good,
+    Warn,
+    Bad,
+    /// Nothing wrong and nothing to praise: alone, or gone gracefully.
+    #[default]
+    Neutral,
+}
+
+impl Tone {
+    /// The CSS class's suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tone::Good => "good",
+            Tone::Warn => "warn",
+            Tone::Bad => "bad",
+            Tone::Neutral => "neutral",
+        }
+    }
+}
+
+/// The verdict's tone, on the same cases as [`verdict`]: the current cluster only, so
+/// replicas that left or crashed never turn it.
+pub fn verdict_tone(census: &Census) -> Tone {
+    let known = census.current().max(census.claimed);
+    match (known, census.reachable) {
+        (0, _) if census.refused > 0 => Tone::Bad,
+        (0, _) => Tone::Neutral,
+        (_, 0) => Tone::Bad,
+        (n, r) if r == n && census.refused == 0 => Tone::Good,
+        _ => Tone::Warn,
+    }
+}
+
 /// "2 answer as this service but fail", in agreement with the count.
 fn refused(n: usize) -> String {
     let s = if n == 1 { "s" } else { "" };
@@ -511,6 +552,58 @@ mod tests {
         ];
         for (case, census, want) in cases {
             assert_eq!(verdict(&census, &report), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn verdict_tones() {
+        let cases = [
+            ("steady", census(2, 2), Tone::Good),
+            (
+                "one crashed: history",
+                Census {
+                    crashed: 1,
+                    ..census(1, 1)
+                },
+                Tone::Good,
+            ),
+            (
+                "scaled down to one: gone gracefully",
+                Census {
+                    left: 2,
+                    ..census(0, 0)
+                },
+                Tone::Neutral,
+            ),
+            ("no peers yet", census(0, 0), Tone::Neutral),
+            (
+                "one of two answers",
+                Census {
+                    suspect: 1,
+                    ..census(1, 0)
+                },
+                Tone::Warn,
+            ),
+            (
+                "one admitted, one with another secret",
+                Census {
+                    refused: 1,
+                    ..census(1, 1)
+                },
+                Tone::Warn,
+            ),
+            (
+                "secrets differ",
+                Census {
+                    refused: 2,
+                    ..census(0, 0)
+                },
+                Tone::Bad,
+            ),
+            ("listed but unreachable", census(0, 2), Tone::Bad),
+        ];
+        for (case, census, want) in cases {
+            assert_eq!(verdict_tone(&census), want, "{case}");
         }
     }
 

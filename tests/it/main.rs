@@ -16,6 +16,7 @@ mod deploy;
 mod dns;
 mod fuzz;
 mod hostile;
+mod page;
 mod peer;
 mod registry;
 mod router;

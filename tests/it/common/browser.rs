@@ -91,6 +91,16 @@ impl Browser {
         );
     }
 
+    /// Sets the window's size; headless, that is the page's viewport.
+    pub fn resize(&self, width: u32, height: u32) {
+        call(
+            &self.curl,
+            "POST",
+            &self.url("/window/rect"),
+            Some(&json!({ "width": width, "height": height })),
+        );
+    }
+
     /// Runs a script in the page and returns its value.
     pub fn eval(&self, script: &str) -> Value {
         call(
