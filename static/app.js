@@ -85,15 +85,19 @@ async function callPeers(ev) {
   const out = $("peer-results");
   button.disabled = true;
   try {
-    const r = await fetch("/peer", { headers: { Accept: "application/json" }, cache: "no-store" });
+    // Run by the page's replica, wherever the load balancer sends this request.
+    const page = encodeURIComponent($("hero").dataset.instance);
+    const r = await fetch(`/peer?from=${page}`, { headers: { Accept: "application/json" }, cache: "no-store" });
     const body = await r.json();
-    const from = `<li class="muted">called from ${esc(body.from.name)} (${esc(body.from.addr)})</li>`;
+    if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
+    const via = body.forwarded_by ? `, handed on by ${esc(body.forwarded_by.name)}` : "";
+    const from = `<li class="muted">called from ${esc(body.from.name)} (${esc(body.from.addr)})${via}</li>`;
     const rows = body.results.map((x) =>
       `<li><span class="${x.ok ? "ok" : "bad"}">${x.ok ? "✓" : "✗"}</span> <strong>${esc(x.to.name)}</strong> <code>${esc(x.to.addr)}</code> ` +
       (x.ok ? `${x.rtt_ms.toFixed(2)} ms` : `<span class="err">${esc(x.error)}</span>`) + "</li>");
     out.innerHTML = from + (rows.length ? rows.join("") : '<li class="muted">no other alive member to call yet</li>');
   } catch (e) {
-    out.innerHTML = `<li class="bad">${esc(e)}</li>`;
+    out.innerHTML = `<li class="bad">${esc(e.message || e)}</li>`;
   } finally {
     button.disabled = false;
   }

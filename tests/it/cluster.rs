@@ -292,6 +292,27 @@ async fn forms_without_javascript_come_back_to_a_page() {
     // Scripts still get JSON from both.
     let json = get_json(&a.url("/peer")).await.expect("peer JSON");
     assert_eq!(json["from"]["name"], "forms-a");
+
+    // The page's form names its replica; sent to another one (as a load balancer may),
+    // the calls still run on the page's replica, and the answer says who handed them on.
+    let a_id = instance_id(&a).await;
+    assert!(
+        page.contains(&format!(
+            "<input type=\"hidden\" name=\"from\" value=\"{a_id}\">"
+        )),
+        "the form does not name the page's replica"
+    );
+    let handed = browser
+        .get(b.url(&format!("/peer?from={a_id}")))
+        .header("accept", html)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(handed.contains("from forms-a"), "{handed}");
+    assert!(handed.contains("handed on by forms-b"), "{handed}");
 }
 
 /// Behind a load balancer a page's polls are answered by other replicas: "this replica"

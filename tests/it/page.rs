@@ -423,6 +423,36 @@ async fn messages_are_shown_once_while_the_stream_moves_between_replicas() {
     })
     .await;
 
+    // "Call every peer" runs on the page's replica, whichever replica the door hands the
+    // click to (round robin: two clicks in a row reach two replicas).
+    let hero = browser.eval("return document.querySelector('#hero').dataset.name");
+    let hero = hero.as_str().expect("the hero's name").to_string();
+    let mut handed_on = false;
+    for click in 0..6 {
+        browser.eval(
+            "document.getElementById('peer-results').innerHTML = ''; document.querySelector('#peer-form button').click(); return 1",
+        );
+        let first = eventually("the calls' answer on the page", || async {
+            let line = browser.eval(
+                "const li = document.querySelector('#peer-results li'); return li ? li.textContent : ''",
+            );
+            match line.as_str() {
+                Some(l) if !l.is_empty() => Ok(l.to_string()),
+                _ => Err(line.to_string()),
+            }
+        })
+        .await;
+        assert!(
+            first.starts_with(&format!("called from {hero} (")),
+            "click {click}: {first}"
+        );
+        if first.contains("handed on by") {
+            handed_on = true;
+            break;
+        }
+    }
+    assert!(handed_on, "the door never sent a click to another replica");
+
     // Typed in the page, it goes through the door to some replica and back.
     browser.eval(
         "document.querySelector('#say input').value = 'first'; document.querySelector('#say button').click(); return 1",
