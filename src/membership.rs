@@ -160,9 +160,15 @@ impl Table {
             .and_then(|m| m.replaced_by.clone());
         let mut conflict = None;
         for old in self.member_at(addr) {
-            if old.identity.instance_id == new_id
-                || !matches!(old.state, State::Alive | State::Suspect)
-            {
+            if old.identity.instance_id == new_id {
+                continue;
+            }
+            if !matches!(old.state, State::Alive | State::Suspect) {
+                // Gone before its successor answered on its address: a restart all the
+                // same (counted once, as the new instance), not a crash and a join.
+                if old.replaced_by.is_none() {
+                    old.replaced_by = Some(new_id.clone());
+                }
                 continue;
             }
             if displaced_by.as_deref() == Some(old.identity.instance_id.as_str())
@@ -501,6 +507,14 @@ fn changes(old: &Snapshot, new: &Snapshot) -> Vec<MemberEvent> {
                     error: m.last_error.clone(),
                 },
             }),
+            // Already dead or gone when its address answered as a new instance.
+            Some(b) if b.replaced_by.is_none() && m.replaced_by.is_some() => {
+                events.push(MemberEvent::Restarted {
+                    who: who(),
+                    from: b.state,
+                    by: m.replaced_by.clone().unwrap_or_default(),
+                });
+            }
             Some(b) if b.conflict_with.is_none() && m.conflict_with.is_some() => {
                 events.push(MemberEvent::Conflict {
                     who: who(),
@@ -886,6 +900,30 @@ mod tests {
         // Probing the old instance's address keeps answering as the new one: no resurrection.
         t.probe_ok(identity("new", "127.0.0.2:80"), 0.2, t0);
         assert_eq!(state(&t, "old"), State::Dead);
+    }
+
+    #[test]
+    fn a_replica_gone_before_its_successor_answers_restarted_all_the_same() {
+        let t0 = Instant::now();
+        for gone in [State::Dead, State::Left] {
+            let mut t = Table::default();
+            t.admit(identity("old", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+            match gone {
+                State::Left => assert!(t.left("old", t0)),
+                _ => Table::set_state(t.members.get_mut("old").unwrap(), State::Dead, t0),
+            }
+            let before = t.snapshot();
+            t.admit(identity("new", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+            assert_eq!(state(&t, "old"), gone);
+            assert_eq!(t.members["old"].replaced_by.as_deref(), Some("new"));
+            let events = changes(&before, &t.snapshot());
+            assert!(
+                events.iter().any(|e| matches!(e,
+                    MemberEvent::Restarted { who, from, by }
+                        if who.instance_id == "old" && *from == gone && by == "new")),
+                "{events:?}"
+            );
+        }
     }
 
     #[test]

@@ -209,13 +209,34 @@ fn esc(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Each member's short label, in order (see [`short_labels`]).
+/// Each member's short label, in order (see [`short_labels`]). A restart leaves its old
+/// instance (dead or left) beside the new one under one name: they share the name's
+/// label, and the matrix's marks tell them apart. Only current members with one name
+/// (a misconfiguration) are told apart by their ids.
 fn labels_of(members: &[&MemberView]) -> Vec<String> {
-    let named: Vec<(&str, &str)> = members
-        .iter()
-        .map(|m| (m.name.as_str(), m.instance_id.as_str()))
-        .collect();
-    short_labels(&named)
+    let current = |m: &MemberView| matches!(m.state, MemberState::Alive | MemberState::Suspect);
+    // (name, a representative id, whether a current member is in the group)
+    let mut groups: Vec<(&str, &str, bool)> = Vec::new();
+    let mut group_of = Vec::with_capacity(members.len());
+    for m in members {
+        let joins = groups
+            .iter()
+            .position(|(name, _, has_current)| *name == m.name && !(*has_current && current(m)));
+        let g = match joins {
+            Some(g) => {
+                groups[g].2 |= current(m);
+                g
+            }
+            None => {
+                groups.push((m.name.as_str(), m.instance_id.as_str(), current(m)));
+                groups.len() - 1
+            }
+        };
+        group_of.push(g);
+    }
+    let named: Vec<(&str, &str)> = groups.iter().map(|(name, id, _)| (*name, *id)).collect();
+    let labels = short_labels(&named);
+    group_of.into_iter().map(|g| labels[g].clone()).collect()
 }
 
 /// A matrix header: the short label, the whole name and state on hover; gone ones marked.
@@ -673,6 +694,24 @@ mod tests {
         assert!(!html.contains("fail"), "{html}");
         assert_eq!(html.matches("<td class=\"gone\"").count(), 5, "{html}");
         assert!(html.contains(">– ccccc</th>"), "{html}");
+    }
+
+    #[test]
+    fn a_restarted_pod_s_old_instance_shares_its_label() {
+        // The dead pod came back under its name as 01JNEW.
+        let mut page = page_with_a_dead_pod();
+        let mut back = page.s.members[2].clone();
+        back.instance_id = "01JNEW".into();
+        back.state = crate::membership::State::Alive;
+        page.s.members.push(back);
+        let html = page.mesh_html();
+        assert!(html.contains(">✗ ccccc</th>"), "{html}");
+        assert!(html.contains(">ccccc</th>"), "{html}");
+        assert!(!html.contains('…'), "no instance ids: {html}");
+        // Two current members under one name are told apart by their ids.
+        page.s.members[2].state = crate::membership::State::Alive;
+        let html = page.mesh_html();
+        assert!(html.contains(">…01JNEW</th>"), "{html}");
     }
 
     #[test]

@@ -121,6 +121,20 @@ async fn churn() {
     camera.browser.goto(&a.url("/"));
     camera.until_verdict("(2 reachable)").await;
     camera.shoot("steady");
+    // The same page on a phone: pod names must not push it sideways.
+    camera.browser.resize(390, 1400);
+    camera
+        .browser
+        .eval("window.scrollTo(0, document.getElementById('mesh').offsetTop - 200); return 1");
+    camera.shoot("phone");
+    println!(
+        "phone: the page is {} px wide in a 390 px window",
+        camera
+            .browser
+            .eval("return document.documentElement.scrollWidth")
+    );
+    camera.browser.resize(1200, 1900);
+    camera.browser.eval("window.scrollTo(0, 0); return 1");
 
     // One crashed, one stopped: the survivor's page.
     pid_signal(&c, "-KILL");
@@ -129,7 +143,7 @@ async fn churn() {
     let _ = b.child.wait();
     until_state(&a, NAMES[1], "left").await;
     until_state(&a, NAMES[2], "dead").await;
-    camera.until_verdict("recently").await;
+    camera.until_verdict("stopped answering").await;
     camera.shoot("crashed-and-left");
 
     // Both back, as new instances on their old addresses.

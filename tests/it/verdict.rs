@@ -261,6 +261,48 @@ async fn one_restarted_in_place_counts_once() {
     drop(b);
 }
 
+/// Seen dead first, then back on its address as a new instance: one restart, not a crash
+/// and a newcomer.
+#[tokio::test]
+async fn one_restarted_after_it_was_seen_dead_counts_once() {
+    let _machine = shared().await;
+    let (port, registry) = (free_port(), Registry::new("back"));
+    let [a, b, mut c] = three(75, port, &registry, &[]);
+    all_listed_by_both(&[&a, &b, &c]).await;
+    let old_id = instance_id(&c).await;
+    c.child.kill().expect("SIGKILL c");
+    let _ = c.child.wait();
+    status_when(&a, "the crashed replica dead", |s| {
+        state_of(s, &old_id).as_deref() == Some("dead")
+    })
+    .await;
+    let url = registry.url();
+    let c = Replica::start(
+        77,
+        port,
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("EXPECTED_REPLICAS", "3"),
+            ("REGISTRY_HEARTBEAT_SECS", "1"),
+        ],
+    );
+    let new_id = instance_id(&c).await;
+    let status = status_when(&a, "the new instance alive", |s| {
+        state_of(s, &new_id).as_deref() == Some("alive")
+    })
+    .await;
+    let verdict = verdict_of(&status);
+    assert!(
+        verdict.starts_with("Replicas can call each other directly (2 reachable)"),
+        "{verdict}"
+    );
+    assert!(
+        verdict.ends_with("recently 1 restarted as a new instance."),
+        "{verdict}"
+    );
+    drop(b);
+}
+
 #[tokio::test]
 async fn secrets_differ_names_the_proof() {
     let _machine = shared().await;
