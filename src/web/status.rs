@@ -304,8 +304,9 @@ impl Census {
 
 /// How well a method worked, judged on what it could see: it `works` when it found every
 /// current member that was there when its last round began (dead and departed replicas,
-/// and replicas newer than its last look, never make it `partial`), `partial` when another
-/// method found current members it did not.
+/// and replicas newer than its last look, never make it `partial`, nor `fails` when it
+/// had found them and nobody is left), `partial` when another method found current
+/// members it did not.
 fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instant) -> MethodView {
     let current = || {
         snapshot
@@ -322,9 +323,13 @@ fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instan
         .filter(|m| !m.sources.contains(&method))
         .filter(|m| round_began.is_some_and(|began| m.state_since <= began))
         .count();
+    // Everyone it found is gone and nobody is left to find: it worked, and still does.
+    let found_those_gone =
+        current().next().is_none() && snapshot.members.iter().any(|m| m.sources.contains(&method));
     let status = match (&report.off, report.failed, found) {
         (Some(_), _, _) => MethodStatus::Off,
         (None, true, _) => MethodStatus::Fails,
+        (None, false, 0) if found_those_gone => MethodStatus::Works,
         (None, false, 0) => MethodStatus::Fails,
         // Announce only hears from replicas that found this one: it lists nobody.
         (None, false, _) if method.enumerates() && missed > 0 => MethodStatus::Partial,
@@ -652,5 +657,16 @@ mod tests {
         // D is newer than scan's last look: not a miss either, until scan looks again.
         table.admit(identity("D", "127.0.0.4:80"), Method::Registry, 0.3);
         assert_eq!(scan(&table), MethodStatus::Works);
+        // Scaled down to one: everyone scan found left, and nobody is left to find.
+        for id in ["A", "D"] {
+            assert!(table.left(id));
+        }
+        assert_eq!(scan(&table), MethodStatus::Works);
+        // A scan that never found anyone cannot say it works.
+        let empty = Membership::new(Timing {
+            dead_after: std::time::Duration::from_secs(3),
+            forget_after: std::time::Duration::from_secs(600),
+        });
+        assert_eq!(scan(&empty), MethodStatus::Fails);
     }
 }
