@@ -319,8 +319,11 @@ impl Background {
             s.timeline.clone(),
             s.metrics.clone(),
         );
-        if let Some(listener) = registry.as_ref().ok().and_then(Registry::listener) {
-            spawn(Box::pin(listener));
+        if let Ok(registry) = &registry {
+            if let Some(listener) = registry.listener() {
+                spawn(Box::pin(listener));
+            }
+            spawn(Box::pin(registry.on_deaths(s.membership.events())));
         }
         spawn(Box::pin(source::run(registry, context)));
 

@@ -159,15 +159,14 @@ impl Table {
             .get(&new_id)
             .and_then(|m| m.replaced_by.clone());
         let mut conflict = None;
+        let mut came_back = Vec::new();
         for old in self.member_at(addr) {
             if old.identity.instance_id == new_id {
                 continue;
             }
             if !matches!(old.state, State::Alive | State::Suspect) {
-                // Gone before its successor answered on its address: a restart all the
-                // same (counted once, as the new instance), not a crash and a join.
-                if old.replaced_by.is_none() {
-                    old.replaced_by = Some(new_id.clone());
+                if old.replaced_by.is_none() && old.identity.name == identity.name {
+                    came_back.push(old.identity.instance_id.clone());
                 }
                 continue;
             }
@@ -197,6 +196,14 @@ impl Table {
         }
         if !self.members.contains_key(&new_id) && !self.make_room(addr) {
             return Admission::Full;
+        }
+        // Gone before it answered again, under its name on its address, as a new
+        // instance: a restart all the same (counted once, as the new instance), not a
+        // crash and a join.
+        for id in came_back {
+            if let Some(old) = self.members.get_mut(&id) {
+                old.replaced_by = Some(new_id.clone());
+            }
         }
         match self.members.get_mut(&new_id) {
             Some(member) => {
@@ -912,8 +919,14 @@ mod tests {
                 State::Left => assert!(t.left("old", t0)),
                 _ => Table::set_state(t.members.get_mut("old").unwrap(), State::Dead, t0),
             }
+            // Another replica on the address (another name): not a restart.
+            t.admit(identity("other", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+            assert_eq!(t.members["old"].replaced_by, None);
+            // The same replica back, under its name, as a new instance.
             let before = t.snapshot();
-            t.admit(identity("new", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+            let mut back = identity("new", "127.0.0.2:80");
+            back.name = t.members["old"].identity.name.clone();
+            t.admit(back, Method::Scan, 1.0, t0);
             assert_eq!(state(&t, "old"), gone);
             assert_eq!(t.members["old"].replaced_by.as_deref(), Some("new"));
             let events = changes(&before, &t.snapshot());

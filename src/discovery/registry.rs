@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 use super::candidate::Candidate;
 use super::report::{Claimed, Evidence, Report};
 use super::source::{Round, SETTLE, Source};
 use crate::identity::Me;
-use crate::membership::{Snapshot, State};
+use crate::membership::{MemberEvent, Snapshot, State};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Claim, Store, StoreError};
 use crate::timeline::{EventKind, Timeline};
@@ -81,6 +81,28 @@ impl Registry {
                 self.heartbeat,
             )
         })
+    }
+
+    /// The task that wakes this method when a member stops answering, for the caller to
+    /// run beside it: the rows read before its death cannot say whether it is gone or cut
+    /// off but still heartbeating; rows read now can.
+    pub fn on_deaths(
+        &self,
+        mut events: broadcast::Receiver<MemberEvent>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let wake = self.wake.clone();
+        async move {
+            loop {
+                match events.recv().await {
+                    Ok(MemberEvent::StateChanged {
+                        to: State::Dead, ..
+                    })
+                    | Err(broadcast::error::RecvError::Lagged(_)) => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
     }
 
     fn is_fresh(&self, claim: &Claim) -> bool {

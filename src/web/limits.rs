@@ -48,6 +48,15 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
             .map_err(|retry_after| ApiError::RateLimited { what, retry_after })
     }
 
+    /// Counts a request in everyone's bucket only (a caller limited elsewhere).
+    pub fn admit_in_all(&self, what: &'static str) -> Result<(), ApiError> {
+        let now = DefaultClock::default().now();
+        self.all.check().map_err(|not_yet| ApiError::RateLimited {
+            what,
+            retry_after: not_yet.wait_time_from(now),
+        })
+    }
+
     /// Counts a request; when it is over a limit, how long until one would pass.
     pub fn check(&self, client: &K) -> Result<(), Duration> {
         let now = DefaultClock::default().now();

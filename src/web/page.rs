@@ -224,7 +224,11 @@ fn labels_of(members: &[&MemberView]) -> Vec<String> {
             .position(|(name, _, has_current)| *name == m.name && !(*has_current && current(m)));
         let g = match joins {
             Some(g) => {
-                groups[g].2 |= current(m);
+                // A current member speaks for the group: its id, where ids are shown.
+                if current(m) {
+                    groups[g].1 = m.instance_id.as_str();
+                    groups[g].2 = true;
+                }
                 g
             }
             None => {

@@ -72,9 +72,9 @@ const MAX_FORWARDED_BYTES: usize = MAX_MEMBERS * 2 * 1024;
 /// [`Limits`].
 pub struct PeerGate {
     flight: tokio::sync::Mutex<()>,
-    /// Results by target (`None`: every member); a target is a member id, so at most
-    /// one entry per member plus one.
-    recent: moka::sync::Cache<Option<String>, PeerCalls>,
+    /// Results by who ran them (`None`: this replica) and target (`None`: every member);
+    /// both are member ids, and the cache is bounded by the member cap.
+    recent: moka::sync::Cache<(Option<String>, Option<String>), PeerCalls>,
 }
 
 impl Default for PeerGate {
@@ -111,46 +111,74 @@ pub async fn call_peers(
     query: Result<Query<PeerQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    limits
-        .peer
-        .admit(&limits.client(client, &headers), "/peer")?;
     let snapshot = membership.snapshot();
+    if is_member(&snapshot, client) {
+        // A member handing on a page's click was limited where the click arrived; here it
+        // counts in all only, or every page it serves would share one client's bucket.
+        limits.peer.admit_in_all("/peer")?;
+    } else {
+        limits
+            .peer
+            .admit(&limits.client(client, &headers), "/peer")?;
+    }
     // `to` and `from` name members, never addresses: this endpoint must not reach anything
     // else.
     if let Some(id) = &query.to {
         current(&snapshot, id)?;
     }
-    if let Some(id) = query.from.as_ref().filter(|id| *id != verifier.me().id()) {
-        let runner = current(&snapshot, id)?;
-        let calls = hand_on(&verifier, runner, query.to.as_deref()).await?;
+    let from = query.from.filter(|id| id != verifier.me().id());
+    if let Some(id) = &from {
+        runner(&snapshot, id)?;
+    }
+    let key = (from, query.to);
+    if let Some(calls) = gate.recent.get(&key) {
         return Ok(answer(calls, &headers));
     }
-    if let Some(calls) = gate.recent.get(&query.to) {
-        return Ok(answer(calls, &headers));
-    }
-    // One fan-out at a time; whoever waited here gets its result.
+    // One fan-out (or hand-on) at a time; whoever waited here gets its result.
     let _flight = gate.flight.lock().await;
-    if let Some(calls) = gate.recent.get(&query.to) {
+    if let Some(calls) = gate.recent.get(&key) {
         return Ok(answer(calls, &headers));
     }
     let snapshot = membership.snapshot();
+    let calls = match &key {
+        (Some(from), to) => hand_on(&verifier, runner(&snapshot, from)?, to.as_deref()).await?,
+        (None, to) => fan_out(&verifier, &metrics, &snapshot, to.as_deref()).await,
+    };
+    gate.recent.insert(key, calls.clone());
+    Ok(answer(calls, &headers))
+}
+
+/// Whether the caller is a member (its verified address): a replica handing on a call.
+fn is_member(snapshot: &Snapshot, caller: SocketAddr) -> bool {
+    let ip = caller.ip().to_canonical();
+    snapshot
+        .members
+        .iter()
+        .any(|m| m.state == MemberState::Alive && m.identity.addr.ip().to_canonical() == ip)
+}
+
+/// This replica calls every alive member, or the one named.
+async fn fan_out(
+    verifier: &Verifier,
+    metrics: &Metrics,
+    snapshot: &Snapshot,
+    to: Option<&str>,
+) -> PeerCalls {
     let targets: Vec<&Member> = snapshot
         .members
         .iter()
-        .filter(|m| match &query.to {
-            Some(id) => m.identity.instance_id == *id && m.state != MemberState::Left,
+        .filter(|m| match to {
+            Some(id) => m.identity.instance_id == id && m.state != MemberState::Left,
             None => m.state == MemberState::Alive,
         })
         .collect();
     metrics.peer_calls(targets.len() as u64);
-    let results = join_all(targets.into_iter().map(|m| call(&verifier, m))).await;
-    let calls = PeerCalls {
-        from: verifier.me().identity(),
+    let results = join_all(targets.into_iter().map(|m| call(verifier, m))).await;
+    PeerCalls {
+        from: compact(verifier.me().identity()),
         results,
         forwarded_by: None,
-    };
-    gate.recent.insert(query.to, calls.clone());
-    Ok(answer(calls, &headers))
+    }
 }
 
 /// The member `id` names, when it is current (not left, not forgotten).
@@ -159,6 +187,28 @@ fn current<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Member, ApiError>
         .member(id)
         .filter(|m| m.state != MemberState::Left)
         .ok_or_else(|| ApiError::NotFound(format!("'{}' is not a current member", clip(id))))
+}
+
+/// The member `id` names, when it may run calls: alive, or suspect (it may answer yet).
+/// A dead one is not dialled: its address may be someone else's now.
+fn runner<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Member, ApiError> {
+    current(snapshot, id)?;
+    snapshot
+        .member(id)
+        .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "'{}' is not answering: it cannot run the calls",
+                clip(id)
+            ))
+        })
+}
+
+/// An identity as a result shows it: without the mesh row it publishes for the matrix
+/// (which grows with the cluster, and would make a fan-out's answer grow with its square).
+fn compact(mut identity: Identity) -> Identity {
+    identity.mesh = None;
+    identity
 }
 
 /// Hands the call to `runner`, directly: it runs the fan-out (or the one call to `to`) and
@@ -194,7 +244,16 @@ async fn hand_on(
             clip(&calls.from.instance_id)
         )));
     }
-    calls.forwarded_by = Some(verifier.me().identity());
+    // What the runner says it called is its word; who it is comes from our own table,
+    // and what it says is cut to the size of a real answer.
+    calls.from = compact(who.clone());
+    calls.results.truncate(MAX_MEMBERS);
+    for result in &mut calls.results {
+        result.to.name = clip(&result.to.name);
+        result.error = result.error.as_deref().map(clip);
+        result.reply = result.reply.take().map(compact);
+    }
+    calls.forwarded_by = Some(compact(verifier.me().identity()));
     Ok(calls)
 }
 
@@ -234,7 +293,7 @@ async fn call(verifier: &Verifier, member: &Member) -> CallResult {
                         reply.identity.instance_id
                     )
                 }),
-                reply: Some(reply.identity),
+                reply: Some(compact(reply.identity)),
             }
         }
         Err(e) => CallResult {

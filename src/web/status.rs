@@ -323,13 +323,13 @@ fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instan
         .filter(|m| !m.sources.contains(&method))
         .filter(|m| round_began.is_some_and(|began| m.state_since <= began))
         .count();
-    // Everyone it found is gone and nobody is left to find: it worked, and still does.
-    let found_those_gone =
-        current().next().is_none() && snapshot.members.iter().any(|m| m.sources.contains(&method));
+    // It found replicas that are gone now, and has missed nobody it could have found
+    // since (a restarted peer it has not looked for yet, or nobody left): it works.
+    let found_before = snapshot.members.iter().any(|m| m.sources.contains(&method));
     let status = match (&report.off, report.failed, found) {
         (Some(_), _, _) => MethodStatus::Off,
         (None, true, _) => MethodStatus::Fails,
-        (None, false, 0) if found_those_gone => MethodStatus::Works,
+        (None, false, 0) if found_before && missed == 0 => MethodStatus::Works,
         (None, false, 0) => MethodStatus::Fails,
         // Announce only hears from replicas that found this one: it lists nobody.
         (None, false, _) if method.enumerates() && missed > 0 => MethodStatus::Partial,
@@ -662,6 +662,21 @@ mod tests {
             assert!(table.left(id));
         }
         assert_eq!(scan(&table), MethodStatus::Works);
+        // Two replicas: scan's only find restarted, and the new instance came by registry
+        // after scan's last round. Scan missed nobody it could have found.
+        let pair = Membership::new(Timing {
+            dead_after: std::time::Duration::from_secs(3),
+            forget_after: std::time::Duration::from_secs(600),
+        });
+        pair.admit(identity("B", "127.0.0.3:80"), Method::Scan, 0.3);
+        let round = Report {
+            last_run: Some(Instant::now()),
+            duration: Some(std::time::Duration::ZERO),
+            ..Report::default()
+        };
+        pair.admit(identity("B2", "127.0.0.3:80"), Method::Registry, 0.3);
+        let status = method_view(Method::Scan, &round, &pair.snapshot(), Instant::now()).status;
+        assert_eq!(status, MethodStatus::Works);
         // A scan that never found anyone cannot say it works.
         let empty = Membership::new(Timing {
             dead_after: std::time::Duration::from_secs(3),

@@ -50,6 +50,10 @@ async fn peer_from_runs_the_calls_on_the_member_named() {
     let mut others = vec![a_id.as_str(), c_id.as_str()];
     others.sort_unstable();
     assert_eq!(called, others, "{calls}");
+    // Identities without the matrix rows they publish: an answer grows with the cluster,
+    // not with its square.
+    assert!(calls["from"]["mesh"].is_null(), "{calls}");
+    assert!(calls["results"][0]["reply"]["mesh"].is_null(), "{calls}");
 
     // With `to` as well: b calls c only.
     let (status, calls) = peer(&a, &format!("?from={b_id}&to={c_id}")).await;
