@@ -43,6 +43,8 @@ pub struct Member {
     pub rtt_ms: Option<f64>,
     pub last_ok: Instant,
     pub state_since: Instant,
+    /// When the table first admitted this instance (a flap to suspect and back keeps it).
+    pub joined: Instant,
     pub last_error: Option<String>,
     /// Set when this instance's address began answering as another instance: a restart.
     pub replaced_by: Option<String>,
@@ -231,6 +233,7 @@ impl Table {
                         rtt_ms: Some(rtt_ms),
                         last_ok: now,
                         state_since: now,
+                        joined: now,
                         last_error: None,
                         replaced_by: None,
                         conflict_with: None,

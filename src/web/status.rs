@@ -321,7 +321,7 @@ fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instan
     });
     let missed = current()
         .filter(|m| !m.sources.contains(&method))
-        .filter(|m| round_began.is_some_and(|began| m.state_since <= began))
+        .filter(|m| round_began.is_some_and(|began| m.joined <= began))
         .count();
     // It found replicas that are gone now, and has missed nobody it could have found
     // since (a restarted peer it has not looked for yet, or nobody left): it works.
