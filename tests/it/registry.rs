@@ -55,15 +55,7 @@ async fn demo_replicas_starting_together_never_report_a_migration_race() {
         );
         let replicas: Vec<_> = (2..=4).map(|last| Replica::attach(last, port)).collect();
         for r in &replicas {
-            eventually("the registry to run on every demo replica", || async {
-                let report = discovery(r, "registry").await?;
-                if report["last_run_ms_ago"].is_u64() {
-                    Ok(())
-                } else {
-                    Err(report.to_string())
-                }
-            })
-            .await;
+            registry_ran(r).await;
         }
         for r in &replicas {
             let metrics = client()
@@ -109,16 +101,7 @@ async fn postgres_replicas_starting_together_never_report_a_migration_race() {
         let env = registry_env(&url, "1", "5");
         let replicas: Vec<Replica> = (2..=4).map(|last| start(last, port, &env)).collect();
         for r in &replicas {
-            eventually("the registry to run on every replica", || async {
-                let report = discovery(r, "registry").await?;
-                if report["last_run_ms_ago"].is_u64() {
-                    Ok(())
-                } else {
-                    Err(report.to_string())
-                }
-            })
-            .await;
-            let report = discovery(r, "registry").await.expect("a report");
+            let report = registry_ran(r).await;
             assert_ne!(report["status"], "fails", "start {round}: {report}");
             let errors = registry_errors(r).await;
             assert_eq!(
@@ -128,6 +111,19 @@ async fn postgres_replicas_starting_together_never_report_a_migration_race() {
         }
     }
     println!("{STARTS} starts (3 replicas, one fresh PostgreSQL database each): no registry error");
+}
+
+/// The replica's registry report, once it has run a round.
+async fn registry_ran(replica: &Replica) -> serde_json::Value {
+    eventually("the registry to run", || async {
+        let report = discovery(replica, "registry").await?;
+        if report["last_run_ms_ago"].is_u64() {
+            Ok(report)
+        } else {
+            Err(report.to_string())
+        }
+    })
+    .await
 }
 
 /// The replica's registry error counter line, from `/metrics`.

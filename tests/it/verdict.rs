@@ -85,16 +85,27 @@ async fn status_when(replica: &Replica, what: &str, ready: impl Fn(&Value) -> bo
     .await
 }
 
-/// Three replicas on one port that find each other by scan and by a shared registry.
-fn three(first: u8, port: u16, registry: &Registry, extra: &[(&str, &str)]) -> [Replica; 3] {
+/// A replica of three on one port, finding the others by scan and by a shared registry.
+fn replica(last: u8, port: u16, registry: &Registry) -> Replica {
     let url = registry.url();
-    let mut env = vec![
+    let env = [
         ("DATABASE_URL", url.as_str()),
         ("EXPECTED_REPLICAS", "3"),
         ("REGISTRY_HEARTBEAT_SECS", "1"),
     ];
-    env.extend_from_slice(extra);
-    [first, first + 1, first + 2].map(|last| Replica::start(last, port, &env))
+    Replica::start(last, port, &env)
+}
+
+fn three(first: u8, port: u16, registry: &Registry) -> [Replica; 3] {
+    [first, first + 1, first + 2].map(|last| replica(last, port, registry))
+}
+
+/// The verdict begins and ends as the table says (what is between, which methods found
+/// the replicas, may vary with timing).
+fn assert_verdict(status: &Value, begins: &str, ends: &str) {
+    let verdict = verdict_of(status);
+    assert!(verdict.starts_with(begins), "{verdict}");
+    assert!(verdict.ends_with(ends), "{verdict}");
 }
 
 /// Both methods that could see every current member found them: a dead or departed
@@ -132,7 +143,7 @@ async fn all_listed_by_both(replicas: &[&Replica]) {
 async fn steady_every_other_replica_answers() {
     let _machine = shared().await;
     let (port, registry) = (free_port(), Registry::new("steady"));
-    let [a, b, c] = three(50, port, &registry, &[]);
+    let [a, b, c] = three(50, port, &registry);
     all_listed_by_both(&[&a, &b, &c]).await;
     let status = status_of(&a).await.expect("a's status");
     let verdict = verdict_of(&status);
@@ -152,7 +163,7 @@ async fn steady_every_other_replica_answers() {
 async fn one_crashed_is_history_not_a_missing_network() {
     let _machine = shared().await;
     let (port, registry) = (free_port(), Registry::new("crashed"));
-    let [a, b, mut c] = three(53, port, &registry, &[]);
+    let [a, b, mut c] = three(53, port, &registry);
     all_listed_by_both(&[&a, &b, &c]).await;
     let c_id = instance_id(&c).await;
     c.child.kill().expect("SIGKILL c");
@@ -163,14 +174,10 @@ async fn one_crashed_is_history_not_a_missing_network() {
         state_of(s, &c_id).as_deref() == Some("dead")
     })
     .await;
-    let verdict = verdict_of(&status);
-    assert!(
-        verdict.starts_with("Replicas can call each other directly (1 reachable)"),
-        "{verdict}"
-    );
-    assert!(
-        verdict.ends_with("recently 1 stopped answering."),
-        "{verdict}"
+    assert_verdict(
+        &status,
+        "Replicas can call each other directly (1 reachable)",
+        "recently 1 stopped answering.",
     );
     assert_methods_work(&status);
     // Dead, it keeps its place in the list until forgotten.
@@ -182,7 +189,7 @@ async fn one_crashed_is_history_not_a_missing_network() {
 async fn one_stopped_gracefully_left() {
     let _machine = shared().await;
     let (port, registry) = (free_port(), Registry::new("left"));
-    let [a, b, mut c] = three(56, port, &registry, &[]);
+    let [a, b, mut c] = three(56, port, &registry);
     all_listed_by_both(&[&a, &b, &c]).await;
     let c_id = instance_id(&c).await;
     c.terminate();
@@ -190,12 +197,11 @@ async fn one_stopped_gracefully_left() {
         state_of(s, &c_id).as_deref() == Some("left")
     })
     .await;
-    let verdict = verdict_of(&status);
-    assert!(
-        verdict.starts_with("Replicas can call each other directly (1 reachable)"),
-        "{verdict}"
+    assert_verdict(
+        &status,
+        "Replicas can call each other directly (1 reachable)",
+        "recently 1 left.",
     );
-    assert!(verdict.ends_with("recently 1 left."), "{verdict}");
     assert_methods_work(&status);
     assert!(exited(&mut c.child, "stopped replica").await.success());
     drop(b);
@@ -205,7 +211,7 @@ async fn one_stopped_gracefully_left() {
 async fn scaled_down_to_one() {
     let _machine = shared().await;
     let (port, registry) = (free_port(), Registry::new("scaled"));
-    let [a, mut b, mut c] = three(59, port, &registry, &[]);
+    let [a, mut b, mut c] = three(59, port, &registry);
     all_listed_by_both(&[&a, &b, &c]).await;
     b.terminate();
     c.terminate();
@@ -225,21 +231,12 @@ async fn scaled_down_to_one() {
 async fn one_restarted_in_place_counts_once() {
     let _machine = shared().await;
     let (port, registry) = (free_port(), Registry::new("restarted"));
-    let [a, b, mut c] = three(62, port, &registry, &[]);
+    let [a, b, mut c] = three(62, port, &registry);
     all_listed_by_both(&[&a, &b, &c]).await;
     let old_id = instance_id(&c).await;
     c.child.kill().expect("SIGKILL c");
     let _ = c.child.wait();
-    let url = registry.url();
-    let c = Replica::start(
-        64,
-        port,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("EXPECTED_REPLICAS", "3"),
-            ("REGISTRY_HEARTBEAT_SECS", "1"),
-        ],
-    );
+    let c = replica(64, port, &registry);
     let new_id = instance_id(&c).await;
     assert_ne!(old_id, new_id);
     let status = status_when(&a, "the new instance alive in the old one's place", |s| {
@@ -247,15 +244,10 @@ async fn one_restarted_in_place_counts_once() {
             && verdict_of(s).contains("restarted as a new instance")
     })
     .await;
-    let verdict = verdict_of(&status);
-    assert!(
-        verdict.starts_with("Replicas can call each other directly (2 reachable)"),
-        "{verdict}"
-    );
-    // Once: not also a replica that stopped answering, nor a third one to reach.
-    assert!(
-        verdict.ends_with("recently 1 restarted as a new instance."),
-        "{verdict}"
+    assert_verdict(
+        &status,
+        "Replicas can call each other directly (2 reachable)",
+        "recently 1 restarted as a new instance.",
     );
     assert_methods_work(&status);
     drop(b);
@@ -267,7 +259,7 @@ async fn one_restarted_in_place_counts_once() {
 async fn one_restarted_after_it_was_seen_dead_counts_once() {
     let _machine = shared().await;
     let (port, registry) = (free_port(), Registry::new("back"));
-    let [a, b, mut c] = three(75, port, &registry, &[]);
+    let [a, b, mut c] = three(75, port, &registry);
     all_listed_by_both(&[&a, &b, &c]).await;
     let old_id = instance_id(&c).await;
     c.child.kill().expect("SIGKILL c");
@@ -276,29 +268,16 @@ async fn one_restarted_after_it_was_seen_dead_counts_once() {
         state_of(s, &old_id).as_deref() == Some("dead")
     })
     .await;
-    let url = registry.url();
-    let c = Replica::start(
-        77,
-        port,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("EXPECTED_REPLICAS", "3"),
-            ("REGISTRY_HEARTBEAT_SECS", "1"),
-        ],
-    );
+    let c = replica(77, port, &registry);
     let new_id = instance_id(&c).await;
     let status = status_when(&a, "the new instance alive", |s| {
         state_of(s, &new_id).as_deref() == Some("alive")
     })
     .await;
-    let verdict = verdict_of(&status);
-    assert!(
-        verdict.starts_with("Replicas can call each other directly (2 reachable)"),
-        "{verdict}"
-    );
-    assert!(
-        verdict.ends_with("recently 1 restarted as a new instance."),
-        "{verdict}"
+    assert_verdict(
+        &status,
+        "Replicas can call each other directly (2 reachable)",
+        "recently 1 restarted as a new instance.",
     );
     drop(b);
 }
@@ -367,8 +346,9 @@ async fn registry_lists_replicas_that_do_not_answer_directly() {
             ],
         )
     });
+    // The registry lists them one by one: the verdict counts them as they come.
     let status = status_when(&replicas[0], "the registry to list both others", |s| {
-        verdict_of(s).starts_with("Replicas know of each other")
+        verdict_of(s).starts_with("Replicas know of each other (2 other(s))")
     })
     .await;
     assert_eq!(
