@@ -147,7 +147,7 @@ pub async fn run(args: DemoArgs, log: LogFormat) -> Result<(), DemoError> {
     let _ = stop_front.send(true);
     let _ = tokio::time::timeout(FRONT_DOOR_CLOSE, front_task).await;
     drop(temp);
-    println!("rollcall demo: stopped");
+    lines::tell("rollcall demo: stopped");
     Ok(())
 }
 
@@ -225,28 +225,32 @@ fn banner(replicas: &Replicas, registry: &str, front: SocketAddr) {
         .members()
         .map(|(slot, pid)| (slot, pid.map_or("-".into(), |p| p.to_string())))
         .collect();
-    println!(
-        "rollcall demo: {} replicas behind a round-robin front door (demo pid {demo})",
-        members.len()
-    );
     let name_width = members.iter().map(|(s, _)| s.name.len()).max().unwrap_or(0);
     let pid_width = members.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+    let mut text = format!(
+        "rollcall demo: {} replicas behind a round-robin front door (demo pid {demo})\n",
+        members.len()
+    );
     for (slot, pid) in &members {
-        println!(
-            "  {:<name_width$}  pid {pid:<pid_width$}  http://{}/",
+        text += &format!(
+            "  {:<name_width$}  pid {pid:<pid_width$}  http://{}/\n",
             slot.name, slot.addr
         );
     }
-    println!("  {:<name_width$}  {registry}", "registry");
-    println!("open http://{front}/ and reload to watch the load balancer rotate; then");
     let victim = members
         .get(1)
         .or(members.first())
         .map_or("PID", |(_, pid)| pid.as_str());
-    println!("  crash one:   kill -9 {victim}");
-    println!("  stop one:    kill {victim}  (SIGTERM: it drains and says goodbye)");
-    println!("  bring back:  kill -USR1 {demo}  (restarts every replica that is not running)");
-    println!("  stop all:    Ctrl-C, or kill {demo}");
+    text += &format!(
+        "  {:<name_width$}  {registry}\n\
+         open http://{front}/ and reload to watch the load balancer rotate; then\n\
+         \x20 crash one:   kill -9 {victim}\n\
+         \x20 stop one:    kill {victim}  (SIGTERM: it drains and says goodbye)\n\
+         \x20 bring back:  kill -USR1 {demo}  (restarts every replica that is not running)\n\
+         \x20 stop all:    Ctrl-C, or kill {demo}",
+        "registry"
+    );
+    lines::tell(&text);
 }
 
 /// The signals the demo answers: stop (Ctrl-C, SIGTERM) and restart (SIGUSR1).

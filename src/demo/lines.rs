@@ -102,6 +102,15 @@ pub fn printer(stream: Stream) -> std::io::Result<mpsc::Sender<Vec<u8>>> {
     Ok(sink)
 }
 
+/// Prints the demo's own `text` (and a newline) on stdout. A closed stdout (`rollcall demo
+/// | head`) must not end the demo: `println!` would panic there.
+pub fn tell(text: &str) {
+    let _ = write_line(
+        &mut std::io::stdout().lock(),
+        format!("{text}\n").as_bytes(),
+    );
+}
+
 fn write_line(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> {
     out.write_all(line)?;
     out.flush()

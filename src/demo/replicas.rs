@@ -153,7 +153,7 @@ impl Replicas {
 
     /// One line of the demo's own story (exits, restarts), tagged like the replicas' lines.
     pub fn say(&self, line: &str) {
-        println!("{:<width$} │ {line}", "demo", width = self.width);
+        lines::tell(&format!("{:<width$} │ {line}", "demo", width = self.width));
     }
 
     pub fn start_all(&mut self) -> Result<(), ReplicaError> {
