@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqlitePool;
 
+use crate::common::demo::Demo;
 use crate::common::postgres::Postgres;
 use crate::common::*;
 
@@ -42,17 +43,9 @@ async fn demo_replicas_starting_together_never_report_a_migration_race() {
     let _machine = heavy().await;
     const STARTS: usize = 8;
     for round in 0..STARTS {
-        let port = free_port();
-        let _demo = Guard(
-            std::process::Command::new(BIN)
-                .env_clear()
-                .env("RUST_LOG", "warn")
-                .args(["demo", "--replicas", "3", "--port", &port.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start demo"),
-        );
+        // Its banner comes once every replica answers /readyz.
+        let (mut demo, _) = Demo::start_ready(&[]).await;
+        let port = demo.port;
         let replicas: Vec<_> = (2..=4).map(|last| Replica::attach(last, port)).collect();
         for r in &replicas {
             eventually("the registry to run on every demo replica", || async {
@@ -83,6 +76,9 @@ async fn demo_replicas_starting_together_never_report_a_migration_race() {
                     .unwrap_or("no registry error counter")
             );
         }
+        // Stopped as a user would, so its temporary directory goes too.
+        let (status, _) = demo.interrupt().await;
+        assert!(status.success(), "start {round}: {status:?}");
     }
     println!("{STARTS} demo starts (3 replicas, one fresh SQLite file each): no registry error");
 }
