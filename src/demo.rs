@@ -131,12 +131,12 @@ pub async fn run(args: DemoArgs, log: LogFormat) -> Result<(), DemoError> {
     let door = FrontDoor::new(layout.replicas.clone())?;
     let mut replicas = Replicas::new(exe, slots)?;
 
-    start(&mut replicas).await?;
     let (stop_front, front_stopped) = watch::channel(false);
     let front_task = tokio::spawn(serve_front_door(front_listener, door, front_stopped));
-    banner(&replicas, &registry, front);
-    follow(&mut replicas, &mut signals).await;
-
+    if start(&mut replicas, &mut signals.stop).await? {
+        banner(&replicas, &registry, front);
+        follow(&mut replicas, &mut signals).await;
+    }
     replicas.say(&format!(
         "stopping {} replicas: SIGTERM, and SIGKILL to any still running after {} s \
          (Ctrl-C again: at once)",
@@ -151,13 +151,16 @@ pub async fn run(args: DemoArgs, log: LogFormat) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Starts every replica and waits until all are ready; if one cannot start, stops the
-/// others and says which and why.
-async fn start(replicas: &mut Replicas) -> Result<(), ReplicaError> {
+/// Starts every replica and waits until all are ready: true then, false when told to stop
+/// first. If one cannot start, stops the others and says which and why.
+async fn start(replicas: &mut Replicas, stop: &mut StopSignal) -> Result<bool, ReplicaError> {
     // All start at once. Each scans again 2, 3 and 5 s after its start, so one that scanned
     // before the others listened still finds them within seconds.
     let started = match replicas.start_all() {
-        Ok(()) => replicas.wait_ready(START_WITHIN).await,
+        Ok(()) => tokio::select! {
+            ready = replicas.wait_ready(START_WITHIN) => ready.map(|()| true),
+            () = stop.recv() => Ok(false),
+        },
         Err(e) => Err(e),
     };
     if started.is_err() {

@@ -212,6 +212,32 @@ async fn a_crash_a_restart_and_a_graceful_stop_show_through_the_front_door() {
     );
 }
 
+/// A replica that cannot act on SIGTERM (frozen with SIGSTOP) does not hold the demo up:
+/// after its deadline the demo kills it, and still exits 0.
+#[tokio::test]
+async fn a_replica_that_does_not_stop_is_killed_at_the_deadline() {
+    let _machine = shared().await;
+    let (mut demo, listed) = Demo::start_ready(&[]).await;
+    let frozen = &listed[0];
+    signal(frozen.pid, "STOP");
+    let (status, took) = demo.interrupt().await;
+    assert!(status.success(), "{status:?}: {:?}", demo.out());
+    demo.said("1 still running: killing them").await;
+    demo.said(&format!(
+        "replica-1 (pid {}) was killed by signal 9",
+        frozen.pid
+    ))
+    .await;
+    for l in &listed[1..] {
+        demo.said(&format!("{} (pid {}) exited 0", l.name, l.pid))
+            .await;
+    }
+    for l in &listed {
+        assert!(gone(l.pid), "{} (pid {}) still there", l.name, l.pid);
+    }
+    println!("Ctrl-C to the demo's exit with one replica frozen: {took:.1?}");
+}
+
 #[tokio::test]
 async fn replica_logs_reach_the_demo_tagged_with_their_names() {
     let _machine = shared().await;
