@@ -133,9 +133,17 @@ pub async fn run(args: DemoArgs, log: LogFormat) -> Result<(), DemoError> {
 
     let (stop_front, front_stopped) = watch::channel(false);
     let front_task = tokio::spawn(serve_front_door(front_listener, door, front_stopped));
-    if start(&mut replicas, &mut signals.stop).await? {
-        banner(&replicas, &registry, front);
-        follow(&mut replicas, &mut signals).await;
+    match start(&mut replicas, &mut signals.stop).await {
+        Ok(true) => {
+            banner(&replicas, &registry, front);
+            follow(&mut replicas, &mut signals).await;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            // The replica's own words (its tagged lines) come before the demo's one line.
+            replicas.finish().await;
+            return Err(e.into());
+        }
     }
     replicas.say(&format!(
         "stopping {} replicas: SIGTERM, and SIGKILL to any still running after {} s \
@@ -146,6 +154,7 @@ pub async fn run(args: DemoArgs, log: LogFormat) -> Result<(), DemoError> {
     replicas.stop(STOP_WITHIN, signals.stop.recv()).await;
     let _ = stop_front.send(true);
     let _ = tokio::time::timeout(FRONT_DOOR_CLOSE, front_task).await;
+    replicas.finish().await;
     drop(temp);
     lines::tell("rollcall demo: stopped");
     Ok(())

@@ -86,10 +86,13 @@ pub enum Stream {
 const PRINT_QUEUE: usize = 256;
 
 /// A thread that writes whole lines to the demo's `stream`: a slow terminal or a full pipe
-/// blocks it, never the runtime, and lines from several replicas never interleave.
-pub fn printer(stream: Stream) -> std::io::Result<mpsc::Sender<Vec<u8>>> {
+/// blocks it, never the runtime, and lines from several replicas never interleave. It ends
+/// once every sender is dropped and the lines queued are written.
+pub fn printer(
+    stream: Stream,
+) -> std::io::Result<(mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>)> {
     let (sink, mut lines) = mpsc::channel::<Vec<u8>>(PRINT_QUEUE);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("demo-{stream:?}").to_lowercase())
         .spawn(move || {
             while let Some(line) = lines.blocking_recv() {
@@ -99,7 +102,7 @@ pub fn printer(stream: Stream) -> std::io::Result<mpsc::Sender<Vec<u8>>> {
                 };
             }
         })?;
-    Ok(sink)
+    Ok((sink, thread))
 }
 
 /// Prints the demo's own `text` (and a newline) on stdout. A closed stdout (`rollcall demo

@@ -107,6 +107,7 @@ pub struct Replicas {
     http: reqwest::Client,
     stdout: mpsc::Sender<Vec<u8>>,
     stderr: mpsc::Sender<Vec<u8>>,
+    printers: [std::thread::JoinHandle<()>; 2],
 }
 
 /// How often start-up checks each replica's `/readyz`.
@@ -123,6 +124,10 @@ impl Replicas {
             .chain(["demo".len()])
             .max()
             .unwrap_or(0);
+        let (stdout, out_printer) =
+            lines::printer(Stream::Stdout).map_err(ReplicaError::Printer)?;
+        let (stderr, err_printer) =
+            lines::printer(Stream::Stderr).map_err(ReplicaError::Printer)?;
         Ok(Replicas {
             exe,
             running: slots.iter().map(|_| None).collect(),
@@ -134,8 +139,9 @@ impl Replicas {
                 .no_proxy()
                 .timeout(Duration::from_secs(1))
                 .build()?,
-            stdout: lines::printer(Stream::Stdout).map_err(ReplicaError::Printer)?,
-            stderr: lines::printer(Stream::Stderr).map_err(ReplicaError::Printer)?,
+            stdout,
+            stderr,
+            printers: [out_printer, err_printer],
         })
     }
 
@@ -322,6 +328,24 @@ impl Replicas {
                 Some(exit) = self.exits.recv() => self.ended(exit),
                 () = tokio::time::sleep_until(deadline) => return,
             }
+        }
+    }
+
+    /// Waits (a little) until the replicas' last lines are printed: the demo's own last
+    /// line comes after them, and nothing is lost when it exits.
+    pub async fn finish(self) {
+        let Replicas {
+            stdout,
+            stderr,
+            printers,
+            ..
+        } = self;
+        drop((stdout, stderr));
+        let deadline = Instant::now() + LAST_WORDS_WITHIN;
+        while !printers.iter().all(std::thread::JoinHandle::is_finished)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

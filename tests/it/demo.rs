@@ -313,6 +313,14 @@ async fn a_replica_that_cannot_start_stops_the_demo_with_one_line() {
     ] {
         assert!(line.contains(part), "{part:?} not in {line:?}");
     }
+    // Before it, in its own words: the replica's line, tagged.
+    let err = demo.err();
+    assert_eq!(err.last(), Some(line), "{err:?}");
+    assert!(
+        err.iter()
+            .any(|l| l.starts_with("replica-2 │ rollcall: cannot listen")),
+        "{err:?}"
+    );
     // The replicas that did start were stopped, not left behind.
     for last in [2, 4] {
         assert!(
