@@ -60,7 +60,7 @@ struct Running {
 }
 
 /// A child that ended, and the last line it wrote (its reason, when it stopped at once).
-pub struct Exit {
+struct Exit {
     slot: usize,
     pid: u32,
     status: std::io::Result<ExitStatus>,
