@@ -1,6 +1,11 @@
 //! `rollcall demo`: a whole cluster on one machine. Replicas on 127.0.0.2.. share one port,
 //! like pods on a network, and a round-robin front door on 127.0.0.1 plays the platform's
 //! load balancer.
+//!
+//! Each replica is its own process (`rollcall serve`), as on a platform, so a viewer can
+//! crash one (`kill -9`), stop one (`kill`) and bring it back (`kill -USR1` to the demo)
+//! and watch the others notice. Their logs reach the demo's output line by line, tagged
+//! with their names.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -12,19 +17,23 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use clap::Parser;
 use tokio::sync::watch;
 
-use crate::app::{AppError, Application};
-use crate::config::{DemoArgs, Settings};
-use crate::telemetry::shutdown_signal;
+use crate::config::{DemoArgs, LogFormat};
+
+mod lines;
+mod replicas;
+
+use replicas::{ReplicaError, Replicas, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    App(#[from] AppError),
-    #[error("demo settings: {0}")]
-    Settings(String),
+    Replica(#[from] ReplicaError),
+    #[error("cannot find this program to start the replicas: {0}")]
+    Exe(std::io::Error),
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
     #[error("front door: {0}")]
     FrontDoor(std::io::Error),
     #[error("temporary directory: {0}")]
@@ -32,6 +41,16 @@ pub enum DemoError {
     #[error("front door client: {0}")]
     Client(#[from] reqwest::Error),
 }
+
+/// How long every replica gets to answer `/readyz` at start-up (a cold SQLite file and a
+/// busy machine take a few seconds).
+const START_WITHIN: Duration = Duration::from_secs(30);
+/// How long the replicas get to drain and say goodbye when the demo stops, before SIGKILL.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+/// The replicas' DRAIN_SECS: a local demo has no load balancer to wait for.
+const DRAIN_SECS: u64 = 1;
+/// How long the front door gets to finish forwarding once the replicas are gone.
+const FRONT_DOOR_CLOSE: Duration = Duration::from_secs(2);
 
 /// Where the replicas live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +115,10 @@ impl Drop for TempDir {
     }
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+pub async fn run(args: DemoArgs, log: LogFormat) -> Result<(), DemoError> {
+    // Before any replica starts: a signal must never find the demo without its handlers
+    // (SIGUSR1's default would end it).
+    let mut signals = Signals::new().map_err(DemoError::Signals)?;
     let layout = Layout::choose(args.replicas, args.port);
     let temp = TempDir::new().map_err(DemoError::TempDir)?;
     let registry = format!("sqlite://{}", temp.0.join("registry.db").display());
@@ -104,67 +126,244 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let front_listener = tokio::net::TcpListener::bind(front)
         .await
         .map_err(DemoError::FrontDoor)?;
+    let exe = std::env::current_exe().map_err(DemoError::Exe)?;
+    let slots = slots(&layout, &registry, front, log, args.replicas);
+    let door = FrontDoor::new(layout.replicas.clone())?;
+    let mut replicas = Replicas::new(exe, slots)?;
 
-    // Bind every replica before any starts, so the first scans already find the others.
-    let mut apps = Vec::new();
-    for (i, addr) in layout.replicas.iter().enumerate() {
-        let settings = Settings::try_parse_from([
-            "rollcall".to_string(),
-            format!("--bind-addr={}", addr.ip()),
-            format!("--port={}", addr.port()),
-            format!("--advertise-addr={}", addr.ip()),
-            format!("--instance-name=replica-{}", i + 1),
-            format!("--expected-replicas={}", args.replicas),
-            format!("--scan-cidrs={}", layout.scan_cidr),
-            format!("--scan-ports={}", layout.scan_ports),
-            format!("--database-url={registry}"),
-            format!("--public-url=http://{front}"),
-        ])
-        .map_err(|e| DemoError::Settings(e.to_string()))?;
-        apps.push(Application::build(settings).await?);
+    let (stop_front, front_stopped) = watch::channel(false);
+    let front_task = tokio::spawn(serve_front_door(front_listener, door, front_stopped));
+    match start(&mut replicas, &mut signals.stop).await {
+        Ok(true) => {
+            banner(&replicas, &registry, front);
+            follow(&mut replicas, &mut signals).await;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            // The replica's own words (its tagged lines) come before the demo's one line.
+            replicas.finish().await;
+            return Err(e.into());
+        }
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut running = Vec::new();
-    for app in apps {
-        let mut stop = stop_rx.clone();
-        running.push(tokio::spawn(app.run(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })));
-    }
-
-    let door = Arc::new(FrontDoor::new(layout.replicas.clone())?);
-    let mut stop = stop_rx.clone();
-    let front_task = tokio::spawn(async move {
-        axum::serve(
-            front_listener,
-            FrontDoor::router(door).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-    });
-
-    println!(
-        "rollcall demo: {} replicas behind a round-robin front door",
-        layout.replicas.len()
-    );
-    for (i, addr) in layout.replicas.iter().enumerate() {
-        println!("  replica-{}  http://{addr}/", i + 1);
-    }
-    println!("  registry   {registry}");
-    println!("open http://{front}/ and reload to watch the load balancer rotate; Ctrl-C stops all");
-
-    shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    for task in running {
-        let _ = task.await;
-    }
-    let _ = front_task.await;
+    replicas.say(&format!(
+        "stopping {} replicas: SIGTERM, and SIGKILL to any still running after {} s \
+         (Ctrl-C again: at once)",
+        replicas.running(),
+        STOP_WITHIN.as_secs()
+    ));
+    replicas.stop(STOP_WITHIN, signals.stop.recv()).await;
+    let _ = stop_front.send(true);
+    let _ = tokio::time::timeout(FRONT_DOOR_CLOSE, front_task).await;
+    replicas.finish().await;
     drop(temp);
-    println!("rollcall demo: stopped");
+    lines::tell("rollcall demo: stopped");
     Ok(())
+}
+
+/// Starts every replica and waits until all are ready: true then, false when told to stop
+/// first. If one cannot start, stops the others and says which and why.
+async fn start(replicas: &mut Replicas, stop: &mut StopSignal) -> Result<bool, ReplicaError> {
+    // All start at once. Each scans again 2, 3 and 5 s after its start, so one that scanned
+    // before the others listened still finds them within seconds.
+    let started = match replicas.start_all() {
+        Ok(()) => tokio::select! {
+            ready = replicas.wait_ready(START_WITHIN) => ready.map(|()| true),
+            () = stop.recv() => Ok(false),
+        },
+        Err(e) => Err(e),
+    };
+    if started.is_err() {
+        replicas.stop(STOP_WITHIN, std::future::pending()).await;
+    }
+    started
+}
+
+/// Until the demo is told to stop: says when a replica ends, and restarts the missing ones
+/// on SIGUSR1. Never restarts one by itself: watching the page show a crash is the point.
+async fn follow(replicas: &mut Replicas, signals: &mut Signals) {
+    loop {
+        tokio::select! {
+            () = signals.stop.recv() => return,
+            () = signals.restart.recv() => replicas.restart_missing(),
+            () = replicas.next_exit() => {}
+        }
+    }
+}
+
+/// Where each replica runs and the flags of its `rollcall serve`.
+fn slots(
+    layout: &Layout,
+    registry: &str,
+    front: SocketAddr,
+    log: LogFormat,
+    expected: u16,
+) -> Vec<Slot> {
+    let log = match log {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    layout
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let name = format!("replica-{}", i + 1);
+            let args = vec![
+                format!("--bind-addr={}", addr.ip()),
+                format!("--port={}", addr.port()),
+                format!("--advertise-addr={}", addr.ip()),
+                format!("--instance-name={name}"),
+                format!("--expected-replicas={expected}"),
+                format!("--scan-cidrs={}", layout.scan_cidr),
+                format!("--scan-ports={}", layout.scan_ports),
+                format!("--database-url={registry}"),
+                format!("--public-url=http://{front}"),
+                format!("--drain-secs={DRAIN_SECS}"),
+                format!("--log-format={log}"),
+            ];
+            Slot {
+                name,
+                addr: *addr,
+                args,
+            }
+        })
+        .collect()
+}
+
+/// Every replica with its PID, and how to crash, stop and bring one back.
+fn banner(replicas: &Replicas, registry: &str, front: SocketAddr) {
+    let demo = std::process::id();
+    let members: Vec<(&Slot, String)> = replicas
+        .members()
+        .map(|(slot, pid)| (slot, pid.map_or("-".into(), |p| p.to_string())))
+        .collect();
+    let name_width = members.iter().map(|(s, _)| s.name.len()).max().unwrap_or(0);
+    let pid_width = members.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+    let mut text = format!(
+        "rollcall demo: {} replicas behind a round-robin front door (demo pid {demo})\n",
+        members.len()
+    );
+    for (slot, pid) in &members {
+        text += &format!(
+            "  {:<name_width$}  pid {pid:<pid_width$}  http://{}/\n",
+            slot.name, slot.addr
+        );
+    }
+    let victim = members
+        .get(1)
+        .or(members.first())
+        .map_or("PID", |(_, pid)| pid.as_str());
+    text += &format!(
+        "  {:<name_width$}  {registry}\n\
+         open http://{front}/ and reload to watch the load balancer rotate; then\n\
+         \x20 crash one:   kill -9 {victim}\n\
+         \x20 stop one:    kill {victim}  (SIGTERM: it drains and says goodbye)\n\
+         \x20 bring back:  kill -USR1 {demo}  (restarts every replica that is not running)\n\
+         \x20 stop all:    Ctrl-C, or kill {demo}",
+        "registry"
+    );
+    lines::tell(&text);
+}
+
+/// The signals the demo answers: stop (Ctrl-C, SIGTERM) and restart (SIGUSR1).
+struct Signals {
+    stop: StopSignal,
+    restart: RestartSignal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            stop: StopSignal::new()?,
+            restart: RestartSignal::new()?,
+        })
+    }
+}
+
+#[cfg(unix)]
+struct StopSignal {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignal {
+    fn new() -> std::io::Result<StopSignal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignal {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => {}
+            Some(()) = self.terminate.recv() => {}
+            else => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[cfg(unix)]
+struct RestartSignal(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl RestartSignal {
+    fn new() -> std::io::Result<RestartSignal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::user_defined1()).map(RestartSignal)
+    }
+
+    async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct StopSignal;
+
+#[cfg(not(unix))]
+impl StopSignal {
+    fn new() -> std::io::Result<StopSignal> {
+        Ok(StopSignal)
+    }
+
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Without SIGUSR1 there is no way to ask for a restart.
+#[cfg(not(unix))]
+struct RestartSignal;
+
+#[cfg(not(unix))]
+impl RestartSignal {
+    fn new() -> std::io::Result<RestartSignal> {
+        Ok(RestartSignal)
+    }
+
+    async fn recv(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn serve_front_door(
+    listener: tokio::net::TcpListener,
+    door: FrontDoor,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = axum::serve(
+        listener,
+        FrontDoor::router(Arc::new(door)).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await;
 }
 
 /// A minimal round-robin reverse proxy that skips replicas that refuse connections, as a

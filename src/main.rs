@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match demo_args {
-            Some(args) => demo::run(args).await.map_err(|e| e.to_string()),
+            // The replicas log to the demo's pipes: they write what the demo itself would.
+            Some(args) => demo::run(args, telemetry::format_or_default(settings.log_format))
+                .await
+                .map_err(|e| e.to_string()),
             None => match Application::build(settings).await {
                 Ok(app) => {
                     app.run(telemetry::shutdown_signal()).await;

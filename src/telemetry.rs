@@ -11,19 +11,23 @@ use crate::membership::MemberEvent;
 
 pub fn init(format: Option<LogFormat>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
-        LogFormat::Text
-    } else {
-        LogFormat::Json
-    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // A second init (tests, the demo) keeps the first subscriber.
-    let _ = match format {
+    let _ = match format_or_default(format) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The format asked for, else text for a person at a terminal and JSON for a collector.
+pub fn format_or_default(format: Option<LogFormat>) -> LogFormat {
+    format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what platforms send before stopping a container).

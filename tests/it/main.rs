@@ -12,6 +12,7 @@ mod common;
 mod attack;
 mod broadcast;
 mod cluster;
+mod demo;
 mod deploy;
 mod dns;
 mod fuzz;

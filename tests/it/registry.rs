@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqlitePool;
 
+use crate::common::demo::Demo;
 use crate::common::postgres::Postgres;
 use crate::common::*;
 
@@ -37,44 +38,28 @@ async fn rows_for(db: &SqlitePool, instance_id: &str) -> i64 {
 /// file at the same moment: none of them may report the registry failing for it.
 #[tokio::test]
 async fn demo_replicas_starting_together_never_report_a_migration_race() {
-    // Eight demo starts in a row, each three replicas at once: alone, so a slow start is
+    // Twenty demo starts in a row, each three replicas at once: alone, so a slow start is
     // the race's doing and not another test's.
     let _machine = heavy().await;
-    const STARTS: usize = 8;
+    const STARTS: usize = 20;
     for round in 0..STARTS {
-        let port = free_port();
-        let _demo = Guard(
-            std::process::Command::new(BIN)
-                .env_clear()
-                .env("RUST_LOG", "warn")
-                .args(["demo", "--replicas", "3", "--port", &port.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start demo"),
-        );
+        // Its banner comes once every replica answers /readyz.
+        let (mut demo, _) = Demo::start_ready(&[]).await;
+        let port = demo.port;
         let replicas: Vec<_> = (2..=4).map(|last| Replica::attach(last, port)).collect();
         for r in &replicas {
             registry_ran(r).await;
         }
         for r in &replicas {
-            let metrics = client()
-                .get(r.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            assert!(
-                metrics.contains("rollcall_registry_heartbeat_errors_total 0"),
-                "start {round}: {}",
-                metrics
-                    .lines()
-                    .find(|l| l.starts_with("rollcall_registry_heartbeat_errors_total"))
-                    .unwrap_or("no registry error counter")
+            let errors = registry_errors(r).await;
+            assert_eq!(
+                errors, "rollcall_registry_heartbeat_errors_total 0",
+                "start {round}"
             );
         }
+        // Stopped as a user would, so its temporary directory goes too.
+        let (status, _) = demo.interrupt().await;
+        assert!(status.success(), "start {round}: {status:?}");
     }
     println!("{STARTS} demo starts (3 replicas, one fresh SQLite file each): no registry error");
 }

@@ -4,6 +4,7 @@
 //! tests may run beside which.
 
 pub mod browser;
+pub mod demo;
 pub mod dnsmasq;
 pub mod postgres;
 
