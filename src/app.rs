@@ -36,7 +36,7 @@ use crate::timeline::Timeline;
 use crate::verify::Verifier;
 use crate::web::serve::Slots;
 use crate::web::status::membership_mode;
-use crate::web::{self, AppState, Limits, PageSettings, PeerGate};
+use crate::web::{self, AppState, Limits, PageSettings, PeerGate, ViewGate};
 use crate::wire::Method;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,7 @@ impl Application {
                 membership_mode: membership_mode(&settings),
             },
             peer_gate: Arc::new(PeerGate::default()),
+            view_gate: Arc::new(ViewGate::default()),
             streams: web::stream_slots(),
             relay_streams: web::relay_slots(),
             limits: Arc::new(Limits::new(settings.broadcast_rate, trusted)),

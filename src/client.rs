@@ -163,6 +163,21 @@ impl PeerClient {
         .await
     }
 
+    /// `GET` a path on a peer whose answer may be longer than an identity, up to `limit`
+    /// bytes.
+    pub async fn get_up_to(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, CallError> {
+        send_bounded(
+            self.for_peer(addr).get(format!("http://{addr}{path}")),
+            limit,
+        )
+        .await
+    }
+
     /// `GET` a path on a peer that answers after calls of its own (a `/peer` fan-out, made
     /// in parallel with this client's timeout): it gets twice the timeout, and its answer
     /// may be longer than an identity, up to `limit` bytes.

@@ -16,6 +16,8 @@ const SEEN_MAX = 500;
 // The server's retry hint, for when the browser gives a stream up instead of retrying.
 const REOPEN_MS = 2000;
 const $ = (id) => document.getElementById(id);
+const LOADED_AT = Date.now();
+const UP_AT_LOAD = Number($("served-up")?.textContent) || 0;
 
 function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -70,6 +72,14 @@ async function poll() {
   record(answered, "poll");
   if (answered) {
     $("answering-name").textContent = answered.dataset.name;
+    // The regions are the page's replica's view, handed on by whoever answered; when it
+    // does not answer, they are the answering replica's own, and the page says so.
+    const view = $("verdict-box").dataset;
+    const ours = view.view === $("hero").dataset.instance;
+    $("answering-view").textContent = ours ? ""
+      : ` (${$("hero").dataset.name} does not answer: this is ${view.viewName}'s view of the cluster)`;
+    // The hero is never swapped: its uptime counts on while its replica answers.
+    if (ours) $("served-up").textContent = UP_AT_LOAD + Math.round((Date.now() - LOADED_AT) / 1000);
     $("answering").style.setProperty("--hue", Number(answered.dataset.hue) || 0);
     $("answering").hidden = false;
   }

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 pub use error::ApiError;
 pub use events::{RelaySlots, StreamSlots, relay_slots, stream_slots};
 pub use limits::Limits;
-pub use page::REGION_IDS;
+pub use page::{REGION_IDS, ViewGate};
 pub use peer::PeerGate;
 pub use state::AppState;
 pub use status::PageSettings;

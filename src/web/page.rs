@@ -2,6 +2,7 @@
 //! gets JSON). `GET /page/regions`: the page's live regions, rendered by the same template
 //! blocks, which static/app.js swaps in every 2 s.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use askama::Template;
@@ -9,7 +10,7 @@ use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::labels::short_labels;
@@ -17,7 +18,8 @@ use super::negotiate::{accepts, wants_html};
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use super::timeline_lines::{Line, lines};
 use crate::broadcast::{Broadcaster, Message};
-use crate::membership::State as MemberState;
+use crate::client::PeerClient;
+use crate::membership::{MAX_MEMBERS, State as MemberState};
 use crate::relay::RelayMode;
 
 /// The page. Each named block is a live region that `/page/regions` renders again.
@@ -66,6 +68,9 @@ pub const REGION_IDS: &[&str] = &[
 #[template(path = "regions.html")]
 struct Regions {
     page: IndexPage,
+    /// Off when another replica asks for the regions of a page it hands on: it shows its
+    /// own hero (who answered) above them.
+    with_hero: bool,
 }
 
 pub async fn index(
@@ -100,6 +105,9 @@ pub struct RegionsQuery {
     /// The instance that served the page: "this replica" stays that one, whichever
     /// replica renders the regions.
     page: Option<String>,
+    /// Asked by a replica handing the page on: the regions without the hero.
+    #[serde(default)]
+    without_hero: bool,
 }
 
 /// `curl /`: the status JSON, pretty, ending in a newline, led by a summary a person reads
@@ -159,15 +167,43 @@ fn alive_text(status: &Status) -> String {
 
 /// `GET /page/regions[?page=INSTANCE_ID]`: what changes on the page, as HTML. Always HTML,
 /// whatever `Accept` says, and never cached: each poll may land on another replica.
+/// The page's regions, as the replica that served the page sees the cluster: a poll that
+/// lands on another replica is handed on to it directly, so the page shows one view and not
+/// each replica's in turn; the hero says who answered. When the page's replica does not
+/// answer, this replica's own view (the verdict box says whose view it is).
 pub async fn regions(
-    State(sources): State<StatusSources>,
+    State(views): State<PageViews>,
     Query(query): Query<RegionsQuery>,
 ) -> Response {
-    let mut s = Status::of(&sources);
-    if let Some(page) = query
-        .page
-        .filter(|id| s.members.iter().any(|m| m.instance_id == *id))
-    {
+    let own = views.sources.me.id().to_string();
+    let page = query.page.filter(|id| *id != own);
+    let body = match &page {
+        Some(page) if !query.without_hero => match views.handed_on(page).await {
+            Some(theirs) => Ok(format!(
+                "{}\n{theirs}",
+                render_own(&views.sources, None, true, true)
+            )),
+            None => Err(()),
+        },
+        _ => Err(()),
+    }
+    .unwrap_or_else(|()| render_own(&views.sources, page.as_deref(), !query.without_hero, false));
+    let mut response = Html(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// This replica's regions (or its hero alone), with "this replica" marking `page`.
+fn render_own(
+    sources: &StatusSources,
+    page: Option<&str>,
+    with_hero: bool,
+    hero_only: bool,
+) -> String {
+    let mut s = Status::of(sources);
+    if let Some(page) = page.filter(|id| s.members.iter().any(|m| m.instance_id == *id)) {
         for m in &mut s.members {
             m.is_self = m.instance_id == page;
         }
@@ -177,11 +213,72 @@ pub async fn regions(
         // Messages arrive by /events; no region shows the history.
         history: Vec::new(),
     };
-    let mut response = Regions { page }.into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    let rendered = if hero_only {
+        page.as_hero().render()
+    } else {
+        Regions { page, with_hero }.render()
+    };
+    rendered.unwrap_or_default()
+}
+
+/// The largest regions answer taken from another replica: the N×N matrix grows with the
+/// square of the cluster.
+const MAX_REGIONS_BYTES: usize = 4 * 1024 * 1024;
+/// How long another replica's regions answer later polls of the same page.
+const REGIONS_REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One hand-on at a time, its answer reused for [`REGIONS_REUSE_FOR`]: polls of many
+/// viewers cost the page's replica at most one call a second from here.
+pub struct ViewGate {
+    flight: tokio::sync::Mutex<()>,
+    recent: moka::sync::Cache<String, Arc<str>>,
+}
+
+impl Default for ViewGate {
+    fn default() -> ViewGate {
+        ViewGate {
+            flight: tokio::sync::Mutex::new(()),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(MAX_MEMBERS as u64)
+                .time_to_live(REGIONS_REUSE_FOR)
+                .build(),
+        }
+    }
+}
+
+/// What `/page/regions` reads: this replica's status, and the way to the page's replica.
+#[derive(Clone)]
+pub struct PageViews {
+    pub(super) sources: StatusSources,
+    pub(super) client: PeerClient,
+    pub(super) gate: Arc<ViewGate>,
+}
+
+impl PageViews {
+    /// The regions of `page`'s replica, without its hero, when it is alive and answers.
+    async fn handed_on(&self, page: &str) -> Option<Arc<str>> {
+        if let Some(regions) = self.gate.recent.get(page) {
+            return Some(regions);
+        }
+        let _flight = self.gate.flight.lock().await;
+        if let Some(regions) = self.gate.recent.get(page) {
+            return Some(regions);
+        }
+        let snapshot = self.sources.membership.snapshot();
+        let member = snapshot
+            .member(page)
+            .filter(|m| m.state == MemberState::Alive)?;
+        // A member id is letters, digits, '-' and '_': nothing to escape.
+        let path = format!("/page/regions?page={page}&without_hero=true");
+        let body = self
+            .client
+            .get_up_to(member.identity.addr, &path, MAX_REGIONS_BYTES)
+            .await
+            .ok()?;
+        let regions: Arc<str> = String::from_utf8(body).ok()?.into();
+        self.gate.recent.insert(page.to_string(), regions.clone());
+        Some(regions)
+    }
 }
 
 /// Hues replicas are drawn in: cyans, blues, violets and purples, clear of the status
@@ -361,11 +458,10 @@ impl IndexPage {
     }
     fn views_text(&self) -> String {
         if self.s.converged {
-            format!(
-                "views agree ({} replicas, view {})",
-                self.s.views.len(),
-                self.s.view_hash
-            )
+            match self.s.views.len() {
+                1 => format!("one replica, view {}", self.s.view_hash),
+                n => format!("views agree ({n} replicas, view {})", self.s.view_hash),
+            }
         } else {
             let distinct: std::collections::BTreeSet<&String> = self.s.views.values().collect();
             format!("split views: {} different member sets", distinct.len())
@@ -600,6 +696,7 @@ mod tests {
         let full = page.render().unwrap();
         let regions = Regions {
             page: sample_page(),
+            with_hero: true,
         }
         .render()
         .unwrap();
@@ -724,7 +821,7 @@ mod tests {
         page.s.verdict_tone = crate::web::status::Tone::Neutral;
         let html = page.as_verdict().render().unwrap();
         assert!(
-            html.starts_with("<div class=\"verdict tone-neutral\" id=\"verdict-box\">"),
+            html.starts_with("<div class=\"verdict tone-neutral\" id=\"verdict-box\""),
             "{html}"
         );
     }

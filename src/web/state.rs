@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Messaging, RelaySlots, StreamSlots, Watched};
 use super::limits::Limits;
+use super::page::{PageViews, ViewGate};
 use super::peer::{PeerGate, Peers};
 use super::status::{PageSettings, StatusSources};
 use crate::broadcast::Broadcaster;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub page: PageSettings,
     /// The web layer's own bounds.
     pub peer_gate: Arc<PeerGate>,
+    pub view_gate: Arc<ViewGate>,
     pub streams: StreamSlots,
     pub relay_streams: RelaySlots,
     pub limits: Arc<Limits>,
@@ -76,6 +78,16 @@ impl FromRef<AppState> for Peers {
             verifier: state.verifier.clone(),
             metrics: state.metrics.clone(),
             gate: state.peer_gate.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for PageViews {
+    fn from_ref(state: &AppState) -> PageViews {
+        PageViews {
+            sources: StatusSources::from_ref(state),
+            client: state.verifier.client().clone(),
+            gate: state.view_gate.clone(),
         }
     }
 }

@@ -352,6 +352,47 @@ async fn this_replica_stays_the_page_s_whoever_renders_the_regions() {
         let regions = get_text(&a.url(&format!("/page/regions{query}")), "text/html").await;
         assert!(entry(&regions, &a_id).contains(" me\""), "{query}");
     }
+    // The view is the page's replica's, handed on by whoever answered; the hero says
+    // who that was.
+    let hero = |html: &str| attribute(html, "id=\"hero\"", "data-instance");
+    let view = |html: &str| attribute(html, "id=\"verdict-box\"", "data-view");
+    assert_eq!(hero(&regions_of(&a, &b_id).await), a_id);
+    assert_eq!(view(&regions_of(&a, &b_id).await), b_id);
+    // The page's replica gone, the answering one shows its own view (and says so).
+    let mut b = b;
+    b.child.kill().expect("kill b");
+    let _ = b.child.wait();
+    eventually("a's own view once b does not answer", || async {
+        let regions = regions_of(&a, &b_id).await;
+        if view(&regions) == a_id && hero(&regions) == a_id {
+            Ok(())
+        } else {
+            Err(regions.chars().take(300).collect())
+        }
+    })
+    .await;
+}
+
+async fn regions_of(replica: &Replica, page: &str) -> String {
+    get_text(
+        &replica.url(&format!("/page/regions?page={page}")),
+        "text/html",
+    )
+    .await
+}
+
+/// The value of `name` in the first tag that contains `marker`.
+fn attribute(html: &str, marker: &str, name: &str) -> String {
+    let Some(at) = html.find(marker) else {
+        return String::new();
+    };
+    let start = html[..at].rfind('<').unwrap_or(0);
+    let tag = &html[start..html[at..].find('>').map_or(html.len(), |end| at + end)];
+    tag.split(&format!("{name}=\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("")
+        .to_string()
 }
 
 #[tokio::test]
