@@ -156,11 +156,7 @@ impl PeerClient {
 
     /// `GET` a path on a peer; the body, bounded.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Vec<u8>, CallError> {
-        send_bounded(
-            self.for_peer(addr).get(format!("http://{addr}{path}")),
-            MAX_IDENTITY_BYTES,
-        )
-        .await
+        self.get_up_to(addr, path, MAX_IDENTITY_BYTES).await
     }
 
     /// `GET` a path on a peer whose answer may be longer than an identity, up to `limit`
@@ -171,11 +167,7 @@ impl PeerClient {
         path: &str,
         limit: usize,
     ) -> Result<Vec<u8>, CallError> {
-        send_bounded(
-            self.for_peer(addr).get(format!("http://{addr}{path}")),
-            limit,
-        )
-        .await
+        send_bounded(self.get_from(addr, path), limit).await
     }
 
     /// `GET` a path on a peer that answers after calls of its own (a `/peer` fan-out, made
@@ -187,12 +179,14 @@ impl PeerClient {
         path: &str,
         limit: usize,
     ) -> Result<Vec<u8>, CallError> {
-        let request = self
-            .for_peer(addr)
+        let request = self.get_from(addr, path).timeout(self.timeout * 2);
+        send_bounded(request, limit).await
+    }
+
+    fn get_from(&self, addr: SocketAddr, path: &str) -> reqwest::RequestBuilder {
+        self.for_peer(addr)
             .get(format!("http://{addr}{path}"))
             .header("accept", "application/json")
-            .timeout(self.timeout * 2);
-        send_bounded(request, limit).await
     }
 
     /// `GET` a URL (the public address, through the load balancer): the body and the time.

@@ -205,6 +205,7 @@ impl Table {
         for id in came_back {
             if let Some(old) = self.members.get_mut(&id) {
                 old.replaced_by = Some(new_id.clone());
+                old.last_error = Some(format!("back as instance {new_id}"));
             }
         }
         match self.members.get_mut(&new_id) {

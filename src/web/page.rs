@@ -390,7 +390,8 @@ impl MemberView {
         hue(&self.instance_id)
     }
     fn rtt_text(&self) -> String {
-        match (self.is_self, self.rtt_ms) {
+        let gone = matches!(self.state, MemberState::Dead | MemberState::Left);
+        match (self.is_self || gone, self.rtt_ms) {
             (true, _) => "—".into(),
             (false, Some(rtt)) => format!("{rtt:.2} ms"),
             (false, None) => "…".into(),
@@ -652,6 +653,7 @@ mod tests {
             last_seen_ms_ago: 300,
             system: Default::default(),
             error: None,
+            restarted: false,
         };
         let members = vec![
             member("01JSELF", "r<1>", true),

@@ -68,6 +68,9 @@ pub struct MemberView {
     pub last_seen_ms_ago: u64,
     pub system: SystemFigures,
     pub error: Option<String>,
+    /// Its address answers as a new instance: history, not a fault.
+    #[serde(skip)]
+    pub restarted: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,6 +157,7 @@ impl Status {
             last_seen_ms_ago: 0,
             system: me.system.clone(),
             error: None,
+            restarted: false,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
         let mut census = Census::of(&snapshot);
@@ -237,6 +241,7 @@ fn member_view(m: &Member, now: Instant) -> MemberView {
         last_seen_ms_ago: ms_since(m.last_ok, now),
         system: m.identity.system.clone(),
         error: m.last_error.clone(),
+        restarted: m.replaced_by.is_some(),
     }
 }
 
