@@ -19,7 +19,7 @@ use super::status::{MemberView, MethodView, Status, StatusSources};
 use super::timeline_lines::{Line, lines};
 use crate::broadcast::{Broadcaster, Message};
 use crate::client::PeerClient;
-use crate::membership::{MAX_MEMBERS, State as MemberState};
+use crate::membership::State as MemberState;
 use crate::relay::RelayMode;
 
 /// The page. Each named block is a live region that `/page/regions` renders again.
@@ -227,19 +227,22 @@ const MAX_REGIONS_BYTES: usize = 4 * 1024 * 1024;
 /// How long another replica's regions answer later polls of the same page.
 const REGIONS_REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// One hand-on at a time, its answer reused for [`REGIONS_REUSE_FOR`]: polls of many
-/// viewers cost the page's replica at most one call a second from here.
+/// Regions other replicas sent for pages served by them, reused for
+/// [`REGIONS_REUSE_FOR`]: polls of many viewers cost a page's replica at most one call a
+/// second from here, and concurrent polls of one page wait for one call.
 pub struct ViewGate {
-    flight: tokio::sync::Mutex<()>,
-    recent: moka::sync::Cache<String, Arc<str>>,
+    recent: moka::future::Cache<String, Arc<str>>,
 }
+
+/// What the cached regions may weigh in all.
+const MAX_CACHED_REGIONS_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Default for ViewGate {
     fn default() -> ViewGate {
         ViewGate {
-            flight: tokio::sync::Mutex::new(()),
-            recent: moka::sync::Cache::builder()
-                .max_capacity(MAX_MEMBERS as u64)
+            recent: moka::future::Cache::builder()
+                .weigher(|_, regions: &Arc<str>| u32::try_from(regions.len()).unwrap_or(u32::MAX))
+                .max_capacity(MAX_CACHED_REGIONS_BYTES)
                 .time_to_live(REGIONS_REUSE_FOR)
                 .build(),
         }
@@ -257,27 +260,25 @@ pub struct PageViews {
 impl PageViews {
     /// The regions of `page`'s replica, without its hero, when it is alive and answers.
     async fn handed_on(&self, page: &str) -> Option<Arc<str>> {
-        if let Some(regions) = self.gate.recent.get(page) {
-            return Some(regions);
-        }
-        let _flight = self.gate.flight.lock().await;
-        if let Some(regions) = self.gate.recent.get(page) {
-            return Some(regions);
-        }
         let snapshot = self.sources.membership.snapshot();
         let member = snapshot
             .member(page)
             .filter(|m| m.state == MemberState::Alive)?;
+        let addr = member.identity.addr;
         // A member id is letters, digits, '-' and '_': nothing to escape.
         let path = format!("/page/regions?page={page}&without_hero=true");
-        let body = self
-            .client
-            .get_up_to(member.identity.addr, &path, MAX_REGIONS_BYTES)
+        let fetch = async {
+            let body = self
+                .client
+                .get_up_to(addr, &path, MAX_REGIONS_BYTES)
+                .await
+                .ok()?;
+            String::from_utf8(body).ok().map(Arc::from)
+        };
+        self.gate
+            .recent
+            .optionally_get_with(page.to_string(), fetch)
             .await
-            .ok()?;
-        let regions: Arc<str> = String::from_utf8(body).ok()?.into();
-        self.gate.recent.insert(page.to_string(), regions.clone());
-        Some(regions)
     }
 }
 
