@@ -17,6 +17,7 @@ const SEEN_MAX = 500;
 const REOPEN_MS = 2000;
 const $ = (id) => document.getElementById(id);
 const LOADED_AT = Date.now();
+const REGIONS = new Set((document.body.dataset.regions || "").split(" "));
 const UP_AT_LOAD = Number($("served-up")?.textContent) || 0;
 
 function esc(s) {
@@ -62,7 +63,7 @@ async function poll() {
       const regions = new DOMParser().parseFromString(await r.text(), "text/html");
       answered = regions.getElementById("hero");
       for (const fresh of [...regions.body.children]) {
-        const old = fresh.id !== "hero" && fresh.id && $(fresh.id);
+        const old = REGIONS.has(fresh.id) && $(fresh.id);
         if (old) old.replaceWith(document.adoptNode(fresh));
       }
     }
@@ -75,7 +76,8 @@ async function poll() {
     // The regions are the page's replica's view, handed on by whoever answered; when it
     // does not answer, they are the answering replica's own, and the page says so.
     const view = $("verdict-box").dataset;
-    const ours = view.view === $("hero").dataset.instance;
+    // An older replica's regions say nothing of whose view they are.
+    const ours = !view.view || view.view === $("hero").dataset.instance;
     $("answering-view").textContent = ours ? ""
       : ` (${$("hero").dataset.name} does not answer: this is ${view.viewName}'s view of the cluster)`;
     // The hero is never swapped: its uptime counts on while its replica answers.

@@ -144,7 +144,8 @@ pub async fn uniform(request: Request, next: Next) -> Response {
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     // No other site may frame the page (its buttons post), and no answer is sniffed into
-    // another type than it says.
+    // another type than it says. Scripts come only from this origin's files: markup in a
+    // region another replica rendered (the page's regions are handed on) runs nothing.
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -152,7 +153,10 @@ pub async fn uniform(request: Request, next: Next) -> Response {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+        HeaderValue::from_static(
+            "script-src 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'; \
+             base-uri 'none'",
+        ),
     );
     response
 }

@@ -2,15 +2,17 @@
 //! gets JSON). `GET /page/regions`: the page's live regions, rendered by the same template
 //! blocks, which static/app.js swaps in every 2 s.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::labels::short_labels;
@@ -177,22 +179,35 @@ pub async fn regions(
 ) -> Response {
     let own = views.sources.me.id().to_string();
     let page = query.page.filter(|id| *id != own);
-    let body = match &page {
-        Some(page) if !query.without_hero => match views.handed_on(page).await {
-            Some(theirs) => Ok(format!(
-                "{}\n{theirs}",
-                render_own(&views.sources, None, true, true)
-            )),
-            None => Err(()),
-        },
-        _ => Err(()),
-    }
-    .unwrap_or_else(|()| render_own(&views.sources, page.as_deref(), !query.without_hero, false));
-    let mut response = Html(body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    let handed_on = match (&page, query.without_hero) {
+        (Some(page), false) => views.handed_on(page).await,
+        _ => None,
+    };
+    let body = match handed_on {
+        Some(theirs) => {
+            let hero = Bytes::from(render_own(&views.sources, None, true, true) + "\n");
+            // The other replica's regions serve every poll of the page for a second: sent
+            // as they are, not copied into each answer.
+            Body::from_stream(futures_util::stream::iter([
+                Ok::<_, Infallible>(hero),
+                Ok(theirs),
+            ]))
+        }
+        None => Body::from(render_own(
+            &views.sources,
+            page.as_deref(),
+            !query.without_hero,
+            false,
+        )),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// This replica's regions (or its hero alone), with "this replica" marking `page`.
@@ -231,7 +246,8 @@ const REGIONS_REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1)
 /// [`REGIONS_REUSE_FOR`]: polls of many viewers cost a page's replica at most one call a
 /// second from here, and concurrent polls of one page wait for one call.
 pub struct ViewGate {
-    recent: moka::future::Cache<String, Arc<str>>,
+    /// `None`: the page's replica did not answer, and is not asked again for a second.
+    recent: moka::future::Cache<String, Option<Bytes>>,
 }
 
 /// What the cached regions may weigh in all.
@@ -241,7 +257,11 @@ impl Default for ViewGate {
     fn default() -> ViewGate {
         ViewGate {
             recent: moka::future::Cache::builder()
-                .weigher(|_, regions: &Arc<str>| u32::try_from(regions.len()).unwrap_or(u32::MAX))
+                .weigher(|_, regions: &Option<Bytes>| {
+                    regions
+                        .as_ref()
+                        .map_or(1, |r| u32::try_from(r.len()).unwrap_or(u32::MAX))
+                })
                 .max_capacity(MAX_CACHED_REGIONS_BYTES)
                 .time_to_live(REGIONS_REUSE_FOR)
                 .build(),
@@ -259,7 +279,7 @@ pub struct PageViews {
 
 impl PageViews {
     /// The regions of `page`'s replica, without its hero, when it is alive and answers.
-    async fn handed_on(&self, page: &str) -> Option<Arc<str>> {
+    async fn handed_on(&self, page: &str) -> Option<Bytes> {
         let snapshot = self.sources.membership.snapshot();
         let member = snapshot
             .member(page)
@@ -273,12 +293,11 @@ impl PageViews {
                 .get_up_to(addr, &path, MAX_REGIONS_BYTES)
                 .await
                 .ok()?;
-            String::from_utf8(body).ok().map(Arc::from)
+            std::str::from_utf8(&body)
+                .is_ok()
+                .then(|| Bytes::from(body))
         };
-        self.gate
-            .recent
-            .optionally_get_with(page.to_string(), fetch)
-            .await
+        self.gate.recent.get_with(page.to_string(), fetch).await
     }
 }
 
@@ -587,6 +606,16 @@ impl IndexPage {
     }
 
     /// The serving replica's short label among the members: the strip of answers shows it.
+    /// The regions static/app.js swaps in from a poll: every one but the hero, which stays
+    /// the replica that served the page. Nothing else a poll returns enters the page.
+    fn swapped_regions(&self) -> String {
+        REGION_IDS
+            .iter()
+            .filter(|id| **id != "hero")
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
     fn hero_label(&self) -> String {
         let members = self.mesh_members();
         labels_of(&members)

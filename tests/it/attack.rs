@@ -996,6 +996,7 @@ async fn csrf_and_framing() {
         "X-Frame-Options {frame:?}"
     );
     assert!(csp.contains("frame-ancestors 'none'"), "CSP {csp:?}");
+    assert!(csp.contains("script-src 'self'"), "CSP {csp:?}");
     assert!(
         nosniff.eq_ignore_ascii_case("nosniff"),
         "X-Content-Type-Options {nosniff:?}"
