@@ -103,8 +103,14 @@ struct TempDir(std::path::PathBuf);
 
 impl TempDir {
     fn new() -> std::io::Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("rollcall-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        // A name nobody can guess and a directory made only here: no other local user can
+        // have made it first (and so read or swap the registry), nor a stale one be reused.
+        let dir = std::env::temp_dir().join(format!(
+            "rollcall-demo-{}-{}",
+            std::process::id(),
+            ulid::Ulid::new()
+        ));
+        std::fs::create_dir(&dir)?;
         Ok(TempDir(dir))
     }
 }
@@ -173,7 +179,7 @@ async fn start(replicas: &mut Replicas, stop: &mut StopSignal) -> Result<bool, R
         Err(e) => Err(e),
     };
     if started.is_err() {
-        replicas.stop(STOP_WITHIN, std::future::pending()).await;
+        replicas.stop(STOP_WITHIN, stop.recv()).await;
     }
     started
 }
@@ -265,7 +271,8 @@ fn banner(replicas: &Replicas, registry: &str, front: SocketAddr) {
     lines::tell(&text);
 }
 
-/// The signals the demo answers: stop (Ctrl-C, SIGTERM) and restart (SIGUSR1).
+/// The signals the demo answers: stop (Ctrl-C, SIGTERM, and SIGHUP: its terminal closed)
+/// and restart (SIGUSR1).
 struct Signals {
     stop: StopSignal,
     restart: RestartSignal,
@@ -284,6 +291,7 @@ impl Signals {
 struct StopSignal {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
@@ -293,6 +301,7 @@ impl StopSignal {
         Ok(StopSignal {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -300,6 +309,7 @@ impl StopSignal {
         tokio::select! {
             Some(()) = self.interrupt.recv() => {}
             Some(()) = self.terminate.recv() => {}
+            Some(()) = self.hangup.recv() => {}
             else => std::future::pending::<()>().await,
         }
     }

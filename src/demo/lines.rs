@@ -53,8 +53,8 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
 
 /// Copies `source` line by line, each under `tag`, to `sink` (a [`printer`]) until
 /// `source` ends; returns the last line, which says why a replica that stops at once did
-/// so. A printer that is gone does not stop the copy: the child must never block on a
-/// full pipe.
+/// so. The child must never block on a full pipe: while the printer cannot keep up (a
+/// paused terminal) lines are dropped and counted, and the count is printed once it can.
 pub async fn pass_on(
     source: impl AsyncRead + Unpin,
     tag: String,
@@ -62,6 +62,7 @@ pub async fn pass_on(
 ) -> Option<String> {
     let mut reader = BufReader::new(source);
     let mut last = None;
+    let mut dropped = 0usize;
     while let Ok(Some(line)) = next_line(&mut reader, MAX_LINE).await {
         let text = String::from_utf8_lossy(&line.bytes).into_owned();
         let mut out = format!("{tag} │ {text}");
@@ -69,11 +70,28 @@ pub async fn pass_on(
             out.push_str(&format!(" … ({} more bytes not shown)", line.cut));
         }
         out.push('\n');
-        let _ = sink.send(out.into_bytes()).await;
+        let sent = if dropped == 0 {
+            // A burst may outrun the printer for a moment: wait for it a little.
+            tokio::time::timeout(BURST_WAIT, sink.send(out.into_bytes()))
+                .await
+                .is_ok_and(|sent| sent.is_ok())
+        } else {
+            let note = format!("{tag} │ … {dropped} lines not shown: the output was not read\n");
+            sink.try_send(note.into_bytes()).is_ok() && {
+                dropped = 0;
+                sink.try_send(out.into_bytes()).is_ok()
+            }
+        };
+        if !sent {
+            dropped += 1;
+        }
         last = Some(text);
     }
     last
 }
+
+/// How long a line waits for a printer that is behind before it is dropped.
+const BURST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where a [`printer`] writes.
 #[derive(Debug, Clone, Copy)]

@@ -158,8 +158,12 @@ impl Replicas {
     }
 
     /// One line of the demo's own story (exits, restarts), tagged like the replicas' lines.
+    /// Queued for the printer like the replicas' lines: a paused terminal (`| less`, Ctrl-S)
+    /// must not stop the demo from answering Ctrl-C; a line that finds the queue full is
+    /// dropped.
     pub fn say(&self, line: &str) {
-        lines::tell(&format!("{:<width$} │ {line}", "demo", width = self.width));
+        let line = format!("{:<width$} │ {line}\n", "demo", width = self.width);
+        let _ = self.stdout.try_send(line.into_bytes());
     }
 
     pub fn start_all(&mut self) -> Result<(), ReplicaError> {
@@ -283,8 +287,14 @@ impl Replicas {
         while let Ok(exit) = self.exits.try_recv() {
             self.ended(exit);
         }
+        // One killed a moment ago may still be waiting to be reaped (`kill -9 P; kill
+        // -USR1 DEMO`): dead all the same, and its late exit will not clear the new one.
         let missing: Vec<usize> = (0..self.slots.len())
-            .filter(|slot| self.running[*slot].is_none())
+            .filter(|slot| {
+                self.running[*slot]
+                    .as_ref()
+                    .is_none_or(|r| has_ended(r.pid))
+            })
             .collect();
         if missing.is_empty() {
             self.say("every replica is running: nothing to restart");
@@ -401,6 +411,23 @@ async fn watch(
     });
 }
 
+/// Whether a child has ended but is not reaped yet (a zombie), or is gone.
+#[cfg(target_os = "linux")]
+fn has_ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn has_ended(_: u32) -> bool {
+    false
+}
+
 fn signal_name(signal: i32) -> &'static str {
     match signal {
         1 => " (SIGHUP)",
@@ -453,7 +480,8 @@ fn die_with(demo: u32) -> std::io::Result<()> {
     // SAFETY: no arguments.
     let parent = unsafe { libc::getppid() };
     if u32::try_from(parent).ok() != Some(demo) {
-        return Err(std::io::Error::other("the demo exited"));
+        // No allocation between fork and exec: a plain OS error.
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
 }

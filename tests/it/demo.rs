@@ -348,6 +348,14 @@ async fn killing_the_demo_outright_takes_its_replicas_with_it() {
         .await;
     }
     // Killed, the demo could not delete its temporary directory.
-    let _ =
-        std::fs::remove_dir_all(std::env::temp_dir().join(format!("rollcall-demo-{}", demo.pid())));
+    let prefix = format!("rollcall-demo-{}-", demo.pid());
+    for entry in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
