@@ -86,8 +86,11 @@ async fn postgres_replicas_starting_together_never_report_a_migration_race() {
         let env = registry_env(&url, "1", "5");
         let replicas: Vec<Replica> = (2..=4).map(|last| start(last, port, &env)).collect();
         for r in &replicas {
+            // A round that failed says why instead of how many rows it read. (Its status may
+            // still be `fails` in the first round: no other replica had written a row yet.)
             let report = registry_ran(r).await;
-            assert_ne!(report["status"], "fails", "start {round}: {report}");
+            let detail = report["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(" rows ("), "start {round}: {report}");
             let errors = registry_errors(r).await;
             assert_eq!(
                 errors, "rollcall_registry_heartbeat_errors_total 0",
