@@ -74,7 +74,9 @@ pub struct PeerGate {
     flight: tokio::sync::Mutex<()>,
     /// Results by who ran them (`None`: this replica) and target (`None`: every member);
     /// both are member ids, and the cache is bounded by the member cap.
-    recent: moka::sync::Cache<(Option<String>, Option<String>), PeerCalls>,
+    /// A hand-on that failed is kept too (why, for a 502): it held the flight for up to
+    /// twice the peer timeout, and is not tried again for a second.
+    recent: moka::sync::Cache<(Option<String>, Option<String>), Result<PeerCalls, String>>,
 }
 
 impl Default for PeerGate {
@@ -132,20 +134,26 @@ pub async fn call_peers(
     }
     let key = (from, query.to);
     if let Some(calls) = gate.recent.get(&key) {
-        return Ok(answer(calls, &headers));
+        return answered(calls, &headers);
     }
     // One fan-out (or hand-on) at a time; whoever waited here gets its result.
     let _flight = gate.flight.lock().await;
     if let Some(calls) = gate.recent.get(&key) {
-        return Ok(answer(calls, &headers));
+        return answered(calls, &headers);
     }
     let snapshot = membership.snapshot();
     let calls = match &key {
-        (Some(from), to) => hand_on(&verifier, runner(&snapshot, from)?, to.as_deref()).await?,
-        (None, to) => fan_out(&verifier, &metrics, &snapshot, to.as_deref()).await,
+        (Some(from), to) => hand_on(&verifier, runner(&snapshot, from)?, to.as_deref()).await,
+        (None, to) => Ok(fan_out(&verifier, &metrics, &snapshot, to.as_deref()).await),
     };
     gate.recent.insert(key, calls.clone());
-    Ok(answer(calls, &headers))
+    answered(calls, &headers)
+}
+
+fn answered(calls: Result<PeerCalls, String>, headers: &HeaderMap) -> Result<Response, ApiError> {
+    calls
+        .map(|calls| answer(calls, headers))
+        .map_err(ApiError::BadGateway)
 }
 
 /// Whether the caller is a member (its verified address): a replica handing on a call.
@@ -217,7 +225,7 @@ async fn hand_on(
     verifier: &Verifier,
     runner: &Member,
     to: Option<&str>,
-) -> Result<PeerCalls, ApiError> {
+) -> Result<PeerCalls, String> {
     let path = match to {
         // A member id is letters and digits (`is_instance_id`): nothing to escape.
         Some(to) => format!("/peer?to={to}"),
@@ -225,11 +233,11 @@ async fn hand_on(
     };
     let who = &runner.identity;
     let failed = |why: String| {
-        ApiError::BadGateway(format!(
+        format!(
             "{} ({}) could not run the calls: {why}",
             clip(&who.name),
             who.addr
-        ))
+        )
     };
     let body = verifier
         .client()
