@@ -155,9 +155,10 @@ async fn sqlite_registry_alone_finds_replicas_and_cleans_up_after_them() {
         instance_id(&b).await,
         instance_id(&c).await,
     );
-    for (r, other) in [(&a, &b_id), (&b, &c_id), (&c, &a_id)] {
+    for (r, other) in [(&a, &b_id), (&b, &c_id), (&c, &a_id), (&a, &c_id)] {
         wait_for_source(r, other, "registry").await;
     }
+    // `a` has both others through the registry: found every current member, it works.
     let report = discovery(&a, "registry").await.unwrap();
     assert_eq!(report["status"], "works", "{report}");
     assert!(
