@@ -26,10 +26,11 @@ use crate::discovery::scan::{self, Scan};
 use crate::discovery::seed::Seed;
 use crate::discovery::source::{self, Context};
 use crate::drain::{self, Drain};
+use crate::gossip::{self, Rumours};
 use crate::identity::{Me, process_env};
 use crate::membership::{MemberEvent, Membership, State, Timing};
 use crate::metrics::Metrics;
-use crate::prober::{self, Prober, ViaLoadBalancer};
+use crate::prober::{self, LocalHealth, Prober, ViaLoadBalancer};
 use crate::relay::Relay;
 use crate::store::Store;
 use crate::timeline::Timeline;
@@ -90,7 +91,11 @@ impl Application {
             dead_after: settings.dead_after,
             forget_after: settings.forget_after,
         });
-        let member_events = [membership.events(), membership.events()];
+        let member_events = [
+            membership.events(),
+            membership.events(),
+            membership.events(),
+        ];
         let (candidate_queue, candidates) = mpsc::channel(candidate::QUEUE);
         let scan_ranges =
             scan::plan(&settings.scan_cidrs, me.addr().ip(), &me.platform).unwrap_or_default();
@@ -133,6 +138,8 @@ impl Application {
                 membership_mode: membership_mode(&settings),
             },
             peer_gate: Arc::new(PeerGate::default()),
+            probe_gate: Arc::default(),
+            rumours: Rumours::default(),
             view_gate: Arc::new(ViewGate::default()),
             streams: web::stream_slots(),
             relay_streams: web::relay_slots(),
@@ -249,7 +256,7 @@ struct Background {
     announcements: Announcements,
     hub_http: reqwest::Client,
     /// Subscribed as the table is made, so no change goes unrecorded or unlogged.
-    member_events: [broadcast::Receiver<MemberEvent>; 2],
+    member_events: [broadcast::Receiver<MemberEvent>; 3],
 }
 
 impl Background {
@@ -265,12 +272,17 @@ impl Background {
         let settings = &*self.settings;
         spawn(Box::pin(s.me.clone().sample_system(Duration::from_secs(2))));
         spawn(Box::pin(s.metrics.clone().upkeep()));
-        let [for_timeline, for_log] = self.member_events;
+        let [for_timeline, for_log, for_news] = self.member_events;
         spawn(Box::pin(crate::timeline::follow(
             s.timeline.clone(),
             for_timeline,
         )));
         spawn(Box::pin(crate::telemetry::log_member_events(for_log)));
+        spawn(Box::pin(gossip::follow(
+            s.rumours.clone(),
+            s.membership.clone(),
+            for_news,
+        )));
 
         let admit = Admit {
             verifier: s.verifier.clone(),
@@ -328,17 +340,21 @@ impl Background {
         }
         spawn(Box::pin(source::run(registry, context)));
 
+        let health = LocalHealth::default();
         let prober = Prober {
             verifier: s.verifier.clone(),
             membership: s.membership.clone(),
             candidates: self.candidate_queue.clone(),
             metrics: s.metrics.clone(),
             interval: settings.probe_interval,
+            fanout: settings.probe_fanout,
+            health: health.clone(),
         };
         spawn(Box::pin(prober::run(prober)));
         spawn(Box::pin(prober::run_clock(
             s.membership.clone(),
             settings.probe_interval,
+            health,
         )));
         spawn(Box::pin(prober::run_load_balancer(
             s.verifier.client().clone(),

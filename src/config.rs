@@ -111,12 +111,19 @@ pub struct Settings {
     #[arg(long, env = "SEED_PEERS")]
     pub seed_peers: Option<SeedPeers>,
 
-    /// How often each member is probed directly, in milliseconds.
-    #[arg(long = "probe-interval-ms", env = "PROBE_INTERVAL_MS", default_value = "1000", value_parser = millis(50, 600_000))]
+    /// How often a probe round runs, in milliseconds: each round asks PROBE_FANOUT members
+    /// in turn.
+    #[arg(long = "probe-interval-ms", env = "PROBE_INTERVAL_MS", default_value = "250", value_parser = millis(50, 600_000))]
     pub probe_interval: Duration,
 
-    /// A member that has not answered for this many seconds is dead.
-    #[arg(long = "dead-after-secs", env = "DEAD_AFTER_SECS", default_value = "3", value_parser = seconds(1, u64::MAX))]
+    /// Members asked per probe round: what each replica's probing costs, whatever the
+    /// cluster's size.
+    #[arg(long = "probe-fanout", env = "PROBE_FANOUT", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub probe_fanout: u16,
+
+    /// A suspect (a member neither this replica nor the members it asked could reach)
+    /// that stays unreachable this many seconds is dead.
+    #[arg(long = "dead-after-secs", env = "DEAD_AFTER_SECS", default_value = "1", value_parser = seconds(1, u64::MAX))]
     pub dead_after: Duration,
 
     /// Dead or left members are dropped from the view after this many seconds.

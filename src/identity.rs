@@ -280,6 +280,7 @@ impl Me {
                 view_hash: None,
                 requires_proof: settings.proof_secret().is_some(),
                 leaving: false,
+                news: Vec::new(),
             },
             platform,
             figures: RwLock::new(SystemFigures::default()),

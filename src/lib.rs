@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod drain;
+pub mod gossip;
 pub mod identity;
 pub mod membership;
 pub mod metrics;

@@ -284,7 +284,7 @@ impl Table {
         Self::set_state(member, State::Alive, now);
     }
 
-    fn probe_failed(&mut self, instance_id: &str, error: String, now: Instant, timing: Timing) {
+    fn probe_failed(&mut self, instance_id: &str, error: String, now: Instant) {
         let Some(member) = self.members.get_mut(instance_id) else {
             return;
         };
@@ -292,8 +292,20 @@ impl Table {
             return;
         }
         member.last_error = Some(error);
-        let state = state_after_failure(member.state, member.last_ok, now, timing.dead_after);
-        Self::set_state(member, state, now);
+        Self::set_state(member, state_after_failure(member.state), now);
+    }
+
+    /// No direct answer, but another member reached it: alive, with a note of the path.
+    fn reached_through(&mut self, instance_id: &str, via: &str, error: String, now: Instant) {
+        let Some(member) = self.members.get_mut(instance_id) else {
+            return;
+        };
+        if !matches!(member.state, State::Alive | State::Suspect) {
+            return;
+        }
+        member.last_ok = now;
+        member.last_error = Some(format!("{error}; reached through {via}"));
+        Self::set_state(member, State::Alive, now);
     }
 
     fn replaced(&mut self, instance_id: &str, by: &str, now: Instant) {
@@ -320,14 +332,16 @@ impl Table {
         }
     }
 
-    /// Time-driven transitions: silent members die, long-dead ones are forgotten.
+    /// Time-driven transitions: suspects that stay unreachable die, long-dead ones are
+    /// forgotten. `stretch` lengthens suspicion by whole `dead_after`s while this replica
+    /// is itself unwell (Lifeguard's local health): a starved prober is slow to believe.
     /// Returns whether anything changed.
-    fn tick(&mut self, now: Instant, timing: Timing) -> bool {
+    fn tick(&mut self, now: Instant, timing: Timing, stretch: u32) -> bool {
         let before = (self.members.len(), self.foreign.len(), self.aliases.len());
+        let suspicion = timing.dead_after.saturating_mul(stretch.saturating_add(1));
         let mut changed = false;
         for member in self.members.values_mut() {
-            if member.state == State::Suspect
-                && now.duration_since(member.last_ok) >= timing.dead_after
+            if member.state == State::Suspect && now.duration_since(member.state_since) >= suspicion
             {
                 Self::set_state(member, State::Dead, now);
                 changed = true;
@@ -406,18 +420,19 @@ fn insert_bounded<T>(
     map.insert(addr, value);
 }
 
-/// The state a member moves to when a probe fails.
-pub fn state_after_failure(
-    current: State,
-    last_ok: Instant,
-    now: Instant,
-    dead_after: Duration,
-) -> State {
+/// The table keeps who a member is; the news it carried is the prober's to act on, and
+/// stale by the next answer.
+fn without_news(mut identity: Identity) -> Identity {
+    identity.news = Vec::new();
+    identity
+}
+
+/// The state a member moves to when neither this replica nor the members it asked could
+/// reach it: suspect, until the clock says dead (`Table::tick`).
+pub fn state_after_failure(current: State) -> State {
     match current {
-        State::Left => State::Left,
-        _ if now.duration_since(last_ok) >= dead_after => State::Dead,
-        State::Dead => State::Dead,
-        _ => State::Suspect,
+        State::Left | State::Dead => current,
+        State::Alive | State::Suspect => State::Suspect,
     }
 }
 
@@ -661,6 +676,7 @@ impl Membership {
     }
 
     pub fn admit(&self, identity: Identity, method: Method, rtt_ms: f64) -> Admission {
+        let identity = without_news(identity);
         self.change(|t, now| t.admit(identity, method, rtt_ms, now))
     }
 
@@ -682,12 +698,17 @@ impl Membership {
     }
 
     pub fn probe_ok(&self, identity: Identity, rtt_ms: f64) {
+        let identity = without_news(identity);
         self.change(|t, now| t.probe_ok(identity, rtt_ms, now));
     }
 
     pub fn probe_failed(&self, instance_id: &str, error: String) {
-        let timing = self.inner.timing;
-        self.change(|t, now| t.probe_failed(instance_id, error, now, timing));
+        self.change(|t, now| t.probe_failed(instance_id, error, now));
+    }
+
+    /// This replica's probe failed with `error`, but member `via` reached it.
+    pub fn reached_through(&self, instance_id: &str, via: &str, error: String) {
+        self.change(|t, now| t.reached_through(instance_id, via, error, now));
     }
 
     /// The member's address answered as another instance of this service: it restarted.
@@ -708,10 +729,11 @@ impl Membership {
     }
 
     /// Applies time-driven transitions; cheap when nothing is due, so it can run often.
-    pub fn tick(&self) {
+    /// `stretch` is this replica's local health score (0 when healthy).
+    pub fn tick(&self, stretch: u32) {
         let now = Instant::now();
         let mut table = self.lock();
-        if table.tick(now, self.inner.timing) {
+        if table.tick(now, self.inner.timing, stretch) {
             self.publish(table);
         }
     }
@@ -741,6 +763,7 @@ mod tests {
             view_hash: None,
             requires_proof: false,
             leaving: false,
+            news: Vec::new(),
         }
     }
 
@@ -758,11 +781,14 @@ mod tests {
         );
         assert_eq!(state(&t, "a"), State::Alive);
 
-        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(1), TIMING);
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(1));
         assert_eq!(state(&t, "a"), State::Suspect);
-        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(2), TIMING);
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(2));
         assert_eq!(state(&t, "a"), State::Suspect);
-        t.probe_failed("a", "timeout".into(), t0 + Duration::from_secs(3), TIMING);
+        // Dead by the clock: DEAD_AFTER after it turned suspect.
+        t.tick(t0 + Duration::from_millis(3_900), TIMING, 0);
+        assert_eq!(state(&t, "a"), State::Suspect);
+        t.tick(t0 + Duration::from_secs(4), TIMING, 0);
         assert_eq!(state(&t, "a"), State::Dead);
 
         // A partition that heals brings it back.
@@ -780,15 +806,41 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Table::default();
         t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
-        t.probe_failed(
-            "a",
-            "timeout".into(),
-            t0 + Duration::from_millis(500),
-            TIMING,
-        );
-        t.tick(t0 + Duration::from_secs(2), TIMING);
+        t.probe_failed("a", "timeout".into(), t0 + Duration::from_millis(500));
+        t.tick(t0 + Duration::from_secs(2), TIMING, 0);
         assert_eq!(state(&t, "a"), State::Suspect);
-        t.tick(t0 + Duration::from_secs(3), TIMING);
+        t.tick(t0 + Duration::from_millis(3_500), TIMING, 0);
+        assert_eq!(state(&t, "a"), State::Dead);
+    }
+
+    #[test]
+    fn an_unwell_replica_is_slower_to_believe_a_death() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+        t.probe_failed("a", "timeout".into(), t0);
+        // Local health 2: three DEAD_AFTERs of suspicion.
+        t.tick(t0 + Duration::from_secs(8), TIMING, 2);
+        assert_eq!(state(&t, "a"), State::Suspect);
+        t.tick(t0 + Duration::from_secs(9), TIMING, 2);
+        assert_eq!(state(&t, "a"), State::Dead);
+    }
+
+    #[test]
+    fn a_member_reached_through_another_stays_alive_with_the_path_noted() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+        t.probe_failed("a", "refused".into(), t0);
+        t.reached_through("a", "b", "refused".into(), t0 + Duration::from_millis(10));
+        assert_eq!(state(&t, "a"), State::Alive);
+        let note = t.members["a"].last_error.clone().unwrap_or_default();
+        assert_eq!(note, "refused; reached through b");
+        // Never raises the dead.
+        t.tick(t0 + Duration::from_secs(60), TIMING, 0);
+        t.probe_failed("a", "refused".into(), t0 + Duration::from_secs(61));
+        t.tick(t0 + Duration::from_secs(65), TIMING, 0);
+        t.reached_through("a", "b", "x".into(), t0 + Duration::from_secs(66));
         assert_eq!(state(&t, "a"), State::Dead);
     }
 
@@ -799,11 +851,12 @@ mod tests {
         t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
         t.admit(identity("b", "127.0.0.3:80"), Method::Scan, 1.0, t0);
         assert!(t.left("b", t0));
-        t.probe_failed("a", "refused".into(), t0 + Duration::from_secs(3), TIMING);
-        t.tick(t0 + Duration::from_secs(600), TIMING);
+        t.probe_failed("a", "refused".into(), t0);
+        t.tick(t0 + Duration::from_secs(3), TIMING, 0);
+        t.tick(t0 + Duration::from_secs(600), TIMING, 0);
         assert!(t.members.contains_key("a"), "dead for 597 s only");
         assert!(!t.members.contains_key("b"));
-        t.tick(t0 + Duration::from_secs(603), TIMING);
+        t.tick(t0 + Duration::from_secs(603), TIMING, 0);
         assert!(t.members.is_empty());
     }
 
@@ -841,9 +894,9 @@ mod tests {
             "127.0.0.2:80".parse().unwrap()
         );
         // Once the known address has gone silent for good, the new one may take over.
+        t.probe_failed("a", "refused".into(), t0);
         let silent = t0 + TIMING.dead_after + Duration::from_secs(1);
-        t.probe_failed("a", "refused".into(), silent, TIMING);
-        t.tick(silent, TIMING);
+        t.tick(silent, TIMING, 0);
         assert_eq!(state(&t, "a"), State::Dead);
         let later = t0 + TIMING.dead_after + Duration::from_secs(2);
         t.admit(identity("a", "127.0.0.9:80"), Method::Announce, 1.0, later);
@@ -996,15 +1049,10 @@ mod tests {
 
     #[test]
     fn failure_transitions() {
-        let t0 = Instant::now();
-        let d = Duration::from_secs(3);
-        assert_eq!(state_after_failure(State::Alive, t0, t0, d), State::Suspect);
-        assert_eq!(
-            state_after_failure(State::Alive, t0, t0 + d, d),
-            State::Dead
-        );
-        assert_eq!(state_after_failure(State::Left, t0, t0 + d, d), State::Left);
-        assert_eq!(state_after_failure(State::Dead, t0, t0, d), State::Dead);
+        assert_eq!(state_after_failure(State::Alive), State::Suspect);
+        assert_eq!(state_after_failure(State::Suspect), State::Suspect);
+        assert_eq!(state_after_failure(State::Left), State::Left);
+        assert_eq!(state_after_failure(State::Dead), State::Dead);
     }
 
     #[test]
@@ -1053,7 +1101,7 @@ mod tests {
             ]
         );
         // Nothing changed, nothing sent.
-        membership.tick();
+        membership.tick(0);
         assert!(events.try_recv().is_err());
     }
 }

@@ -44,6 +44,10 @@ pub struct Metrics {
     peer_calls: Counter,
     members: [Gauge; 4],
     foreign: Gauge,
+    /// Indirect probes after a failed direct one: `[reached, not reached]`.
+    indirect: [Counter; 2],
+    news_checks: Counter,
+    local_health: Gauge,
 }
 
 impl Metrics {
@@ -68,6 +72,11 @@ impl Metrics {
                 members: [State::Alive, State::Suspect, State::Dead, State::Left]
                     .map(|state| gauge!("rollcall_members", "state" => state.as_str())),
                 foreign: gauge!("rollcall_foreign_addresses"),
+                indirect: ["reached", "not_reached"].map(
+                    |outcome| counter!("rollcall_indirect_probes_total", "outcome" => outcome),
+                ),
+                news_checks: counter!("rollcall_news_checks_total"),
+                local_health: gauge!("rollcall_local_health"),
             }
         });
         Ok(metrics)
@@ -80,6 +89,22 @@ impl Metrics {
             Some(rtt) => self.probe_rtt.record(rtt.as_secs_f64()),
             None => self.probe_failures.increment(1),
         }
+    }
+
+    /// Other members asked to probe a member this replica could not reach: whether any of
+    /// them reached it.
+    pub fn indirect(&self, reached: bool) {
+        self.indirect[usize::from(!reached)].increment(1);
+    }
+
+    /// A member checked out of turn because another replica's news said it changed.
+    pub fn news_check(&self) {
+        self.news_checks.increment(1);
+    }
+
+    /// This replica's own health score (0 is healthy): how much it stretches its timings.
+    pub fn local_health(&self, score: u32) {
+        self.local_health.set(f64::from(score));
     }
 
     /// A full scan; its gauges appear with the first one.
@@ -188,6 +213,18 @@ fn describe() {
         "DNS lookups made by the dns and seed sources."
     );
     describe_counter!("rollcall_peer_calls_total", "Direct calls made for /peer.");
+    describe_counter!(
+        "rollcall_indirect_probes_total",
+        "Members this replica could not reach, by whether others it asked reached them."
+    );
+    describe_counter!(
+        "rollcall_news_checks_total",
+        "Members probed out of turn on another replica's news."
+    );
+    describe_gauge!(
+        "rollcall_local_health",
+        "0 when healthy; each step stretches probe rounds and suspicion by one more interval."
+    );
     describe_histogram!(PROBE_RTT, "Round-trip time of successful direct probes.");
     describe_counter!(
         "rollcall_http_requests_total",
@@ -217,6 +254,8 @@ mod tests {
         metrics.request("/api/status", 200, Duration::from_millis(2));
         metrics.scan(Duration::from_millis(500), 1000);
         metrics.round(Method::Dns, Duration::from_millis(20), false);
+        metrics.indirect(true);
+        metrics.local_health(2);
         let snapshot = Membership::new(Timing {
             dead_after: Duration::from_secs(3),
             forget_after: Duration::from_secs(600),
@@ -237,6 +276,9 @@ mod tests {
             "rollcall_build_info{version=\"",
             "rollcall_discovery_rounds_total{method=\"dns\",outcome=\"ok\"} 1",
             "rollcall_discovery_round_seconds_bucket{method=\"dns\",le=\"0.05\"} 1",
+            "rollcall_indirect_probes_total{outcome=\"reached\"} 1",
+            "rollcall_news_checks_total 0",
+            "rollcall_local_health 2",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -188,6 +188,7 @@ mod tests {
             view_hash: None,
             requires_proof: false,
             leaving: false,
+            news: Vec::new(),
         }
     }
 

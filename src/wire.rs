@@ -39,6 +39,40 @@ pub struct Identity {
     /// Shutting down: a `left` member whose probes say otherwise was never gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Changes this replica saw lately, carried on its answers so they spread without
+    /// messages of their own (SWIM's piggybacking). A hint to check, never a verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub news: Vec<News>,
+}
+
+/// One change a replica saw: `instance_id` at `addr` turned `state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct News {
+    pub instance_id: String,
+    pub addr: SocketAddr,
+    pub state: Heard,
+}
+
+/// The state a piece of news reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Heard {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+/// `GET /api/probe?id=…`: whether the asked replica reached that member just now, for a
+/// replica that could not (SWIM's indirect probe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndirectProbe {
+    pub id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// An instance id as replicas make them: short, ASCII letters, digits, `-` and `_`.

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::status::{Status, StatusSources};
 use crate::discovery::announce::Announce;
 use crate::drain::Drain;
+use crate::gossip::Rumours;
 use crate::identity::Me;
 use crate::membership::Membership;
 use crate::proof;
@@ -38,6 +39,7 @@ pub async fn identity(
     State(membership): State<Membership>,
     State(drain): State<Drain>,
     State(verifier): State<Verifier>,
+    State(rumours): State<Rumours>,
     query: Result<Query<IdentityQuery>, QueryRejection>,
 ) -> Result<Json<Identity>, ApiError> {
     let Query(query) = query?;
@@ -53,9 +55,9 @@ pub async fn identity(
             "from must be an instance id (1 to 64 letters, digits, - or _)".into(),
         ));
     }
-    let mut identity = membership
-        .snapshot()
-        .published(me.identity(), drain.is_draining());
+    let snapshot = membership.snapshot();
+    let mut identity = snapshot.published(me.identity(), drain.is_draining());
+    identity.news = rumours.for_answer(snapshot.members.len() + 1);
     if let (Some(nonce), Some(secret)) = (&query.nonce, verifier.secret()) {
         identity.proof = Some(proof::prove(
             secret,

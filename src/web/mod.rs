@@ -10,6 +10,7 @@ mod limits;
 mod negotiate;
 mod page;
 mod peer;
+mod probe;
 pub mod serve;
 pub mod state;
 pub mod status;
@@ -50,6 +51,7 @@ pub fn router(state: AppState, status_page: bool) -> Router {
         .route("/api/identity", get(api::identity))
         .route("/api/hello", post(api::hello))
         .route("/api/goodbye", post(api::goodbye))
+        .route("/api/probe", get(probe::probe))
         .route("/api/deliver", post(events::deliver))
         .route("/api/relay", get(events::relay))
         .route("/api/relay/publish", post(events::relay_publish))

@@ -11,11 +11,13 @@ use super::events::{Messaging, RelaySlots, StreamSlots, Watched};
 use super::limits::Limits;
 use super::page::{PageViews, ViewGate};
 use super::peer::{PeerGate, Peers};
+use super::probe::{ProbeGate, Probing};
 use super::status::{PageSettings, StatusSources};
 use crate::broadcast::Broadcaster;
 use crate::discovery::announce::Announce;
 use crate::discovery::report::Reports;
 use crate::drain::Drain;
+use crate::gossip::Rumours;
 use crate::identity::Me;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -43,6 +45,9 @@ pub struct AppState {
     pub page: PageSettings,
     /// The web layer's own bounds.
     pub peer_gate: Arc<PeerGate>,
+    pub probe_gate: Arc<ProbeGate>,
+    /// News of membership changes, told on identity answers.
+    pub rumours: Rumours,
     pub view_gate: Arc<ViewGate>,
     pub streams: StreamSlots,
     pub relay_streams: RelaySlots,
@@ -67,6 +72,16 @@ impl FromRef<AppState> for Watched {
             inbox: state.inbox.clone(),
             membership: state.membership.clone(),
             shutdown: state.shutdown.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Probing {
+    fn from_ref(state: &AppState) -> Probing {
+        Probing {
+            membership: state.membership.clone(),
+            verifier: state.verifier.clone(),
+            gate: state.probe_gate.clone(),
         }
     }
 }
