@@ -23,4 +23,5 @@ mod registry;
 mod router;
 mod screens;
 mod sim;
+mod swim;
 mod verdict;
