@@ -571,6 +571,26 @@ fn changes(old: &Snapshot, new: &Snapshot) -> Vec<MemberEvent> {
     events
 }
 
+/// Cells of a published mesh row: a matrix this wide is shown as its worst rows anyway.
+pub const MESH_ROW_MAX: usize = 32;
+
+/// At most `max` cells of `row`: those not ok first, then the slowest.
+fn worst_cells(row: BTreeMap<String, MeshCell>, max: usize) -> BTreeMap<String, MeshCell> {
+    if row.len() <= max {
+        return row;
+    }
+    let mut cells: Vec<(String, MeshCell)> = row.into_iter().collect();
+    cells.sort_by(|(_, a), (_, b)| {
+        a.ok.cmp(&b.ok).then(
+            b.rtt_ms
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&a.rtt_ms.unwrap_or(f64::INFINITY)),
+        )
+    });
+    cells.truncate(max);
+    cells.into_iter().collect()
+}
+
 impl Snapshot {
     /// This replica's row of the mesh: its latest direct probe of every member.
     pub fn mesh_row(&self, now: Instant) -> BTreeMap<String, MeshCell> {
@@ -592,8 +612,10 @@ impl Snapshot {
     }
 
     /// This replica's identity with its mesh row and view hash, as peers and pages see it.
+    /// Above [`MESH_ROW_MAX`] members the row keeps the cells worth seeing (failures first,
+    /// then the slowest), so an answer, and each probe, costs the same at any size.
     pub fn published(&self, mut identity: Identity, leaving: bool) -> Identity {
-        identity.mesh = Some(self.mesh_row(Instant::now()));
+        identity.mesh = Some(worst_cells(self.mesh_row(Instant::now()), MESH_ROW_MAX));
         identity.view_hash = Some(self.view_hash(&identity.instance_id));
         identity.leaving = leaving;
         identity
@@ -842,6 +864,27 @@ mod tests {
         t.tick(t0 + Duration::from_secs(65), TIMING, 0);
         t.reached_through("a", "b", "x".into(), t0 + Duration::from_secs(66));
         assert_eq!(state(&t, "a"), State::Dead);
+    }
+
+    #[test]
+    fn a_published_mesh_row_keeps_the_worst_cells_above_the_cap() {
+        let cell = |ok: bool, rtt: f64| MeshCell {
+            ok,
+            rtt_ms: Some(rtt),
+            last_ok_ms_ago: None,
+            error: None,
+        };
+        let row: BTreeMap<String, MeshCell> = (0..200)
+            .map(|i| (format!("m{i:03}"), cell(i % 50 != 7, f64::from(i))))
+            .collect();
+        let kept = worst_cells(row.clone(), MESH_ROW_MAX);
+        assert_eq!(kept.len(), MESH_ROW_MAX);
+        for i in [7, 57, 107, 157] {
+            assert!(!kept[&format!("m{i:03}")].ok, "failures first");
+        }
+        assert!(kept.contains_key("m199") && !kept.contains_key("m100"), "then the slowest");
+        let small: BTreeMap<String, MeshCell> = row.into_iter().take(20).collect();
+        assert_eq!(worst_cells(small.clone(), MESH_ROW_MAX), small);
     }
 
     #[test]
