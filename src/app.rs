@@ -349,6 +349,7 @@ impl Background {
             interval: settings.probe_interval,
             fanout: settings.probe_fanout,
             health: health.clone(),
+            announcements: self.announcements.clone(),
         };
         spawn(Box::pin(prober::run(prober)));
         spawn(Box::pin(prober::run_clock(

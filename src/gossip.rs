@@ -1,19 +1,24 @@
 //! News of membership changes, spread on the answers replicas already give.
 //!
-//! SWIM's dissemination: every change this replica sees (a member turned suspect, dead,
-//! left, or alive again) rides on its next few identity answers, and a replica that probes
-//! it learns the news. Each piece is sent a few times per doubling of the cluster, so it
-//! reaches every member in O(log N) probe rounds while an answer carries at most
-//! [`PER_ANSWER`] pieces. News is a hint, never a verdict: a replica that hears of a death
-//! checks the member itself (the prober does), so a hostile neighbour's news can at most
-//! make it probe a member it already knows a little sooner.
+//! SWIM's dissemination: every change this replica sees (a member joined, turned suspect,
+//! dead, left, or alive again) rides on its next few identity answers, and a replica that
+//! probes it learns the news. Each piece is sent a few times per doubling of the cluster,
+//! so it reaches every member in O(log N) probe rounds while an answer carries at most
+//! [`PER_ANSWER`] pieces. Room left over carries a few live members picked at random, so
+//! replicas that only met through seeds still come to know everyone (anti-entropy).
+//!
+//! News is a hint, never a verdict: a replica that hears of a death checks the member
+//! itself, and one that hears of a member it does not know verifies its address like a
+//! hello (in scope, one at a time per address) before admitting it. A hostile neighbour's
+//! news can at most make a replica look at a member a little sooner.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use rand::seq::IteratorRandom;
 use tokio::sync::broadcast;
 
-use crate::membership::{MemberEvent, Membership, State};
+use crate::membership::{MemberEvent, Membership, Snapshot, State};
 use crate::wire::{Heard, News};
 
 /// Pieces of news carried by one answer.
@@ -48,9 +53,27 @@ impl Rumours {
         rumours.push_back(Rumour { news, sent: 0 });
     }
 
-    /// The pieces for one answer, least-told first; each is dropped once it has been told
-    /// often enough for a cluster of `members`.
-    pub fn for_answer(&self, members: usize) -> Vec<News> {
+    /// The pieces for one answer: news first, then live members of `snapshot` at random.
+    pub fn for_answer(&self, snapshot: &Snapshot) -> Vec<News> {
+        let mut told = self.told(snapshot.members.len() + 1);
+        let room = PER_ANSWER.saturating_sub(told.len());
+        let sample = snapshot
+            .members
+            .iter()
+            .filter(|m| m.state == State::Alive)
+            .filter(|m| !told.iter().any(|n| n.instance_id == m.identity.instance_id))
+            .choose_multiple(&mut rand::rng(), room);
+        told.extend(sample.into_iter().map(|m| News {
+            instance_id: m.identity.instance_id.clone(),
+            addr: m.identity.addr,
+            state: Heard::Alive,
+        }));
+        told
+    }
+
+    /// The news for one answer, least-told first; each piece is dropped once it has been
+    /// told often enough for a cluster of `members`.
+    fn told(&self, members: usize) -> Vec<News> {
         // Bits of `members`: ⌈log2(N + 1)⌉.
         let budget = RETRANSMIT * (usize::BITS - members.leading_zeros()).max(1);
         let mut rumours = self.lock();
@@ -94,6 +117,11 @@ pub async fn follow(
 ) {
     loop {
         match events.recv().await {
+            Ok(MemberEvent::Joined { who, .. }) => rumours.tell(News {
+                instance_id: who.instance_id,
+                addr: who.addr,
+                state: Heard::Alive,
+            }),
             Ok(MemberEvent::StateChanged { who, to, .. }) => rumours.tell(News {
                 instance_id: who.instance_id,
                 addr: who.addr,
@@ -140,14 +168,14 @@ mod tests {
         rumours.tell(news("a", Heard::Dead));
         // 3 members: log2 rounds up to 2 → told 6 times.
         let mut told = 0;
-        while !rumours.for_answer(3).is_empty() {
+        while !rumours.told(3).is_empty() {
             told += 1;
             assert!(told < 100);
         }
         assert_eq!(told, 6);
         rumours.tell(news("a", Heard::Dead));
         let mut told = 0;
-        while !rumours.for_answer(200).is_empty() {
+        while !rumours.told(200).is_empty() {
             told += 1;
         }
         assert_eq!(told, 24, "200 members: 8 doublings × 3");
@@ -160,12 +188,50 @@ mod tests {
             rumours.tell(news(&format!("m{i}"), Heard::Suspect));
         }
         assert_eq!(rumours.len(), KEPT);
-        assert_eq!(rumours.for_answer(500).len(), PER_ANSWER);
+        assert_eq!(rumours.told(500).len(), PER_ANSWER);
         rumours.tell(news("m499", Heard::Alive));
         assert_eq!(rumours.len(), KEPT);
-        let all: Vec<News> = (0..20).flat_map(|_| rumours.for_answer(500)).collect();
+        let all: Vec<News> = (0..20).flat_map(|_| rumours.told(500)).collect();
         assert!(all.contains(&news("m499", Heard::Alive)));
         assert!(!all.contains(&news("m499", Heard::Suspect)));
+    }
+
+    #[test]
+    fn room_left_carries_live_members_at_random() {
+        use crate::membership::{Membership, Timing};
+        use crate::wire::{Identity, Method};
+        let table = Membership::new(Timing {
+            dead_after: std::time::Duration::from_secs(1),
+            forget_after: std::time::Duration::from_secs(600),
+        });
+        for i in 0..20 {
+            let identity: Identity = serde_json::from_value(serde_json::json!({
+                "instance_id": format!("m{i}"), "name": "x", "service": "s",
+                "addr": format!("127.0.0.{}:80", i + 2),
+            }))
+            .unwrap();
+            table.admit(identity, Method::Scan, 0.1);
+        }
+        table.probe_failed("m0", "refused".into());
+        let rumours = Rumours::default();
+        rumours.tell(news("gone", Heard::Dead));
+        let answer = rumours.for_answer(&table.snapshot());
+        assert_eq!(answer.len(), PER_ANSWER);
+        assert_eq!(answer[0], news("gone", Heard::Dead));
+        assert!(
+            answer[1..]
+                .iter()
+                .all(|n| n.state == Heard::Alive && n.instance_id != "m0")
+        );
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            for n in rumours.for_answer(&table.snapshot()) {
+                seen.insert(n.instance_id);
+            }
+        }
+        seen.remove("gone");
+        assert_eq!(seen.len(), 19, "every live member, in time: {seen:?}");
+        assert!(!seen.contains("m0"), "never a suspect as alive");
     }
 
     #[test]
@@ -174,8 +240,8 @@ mod tests {
         for i in 0..PER_ANSWER {
             rumours.tell(news(&format!("old{i}"), Heard::Dead));
         }
-        rumours.for_answer(50);
+        rumours.told(50);
         rumours.tell(news("new", Heard::Dead));
-        assert_eq!(rumours.for_answer(50)[0], news("new", Heard::Dead));
+        assert_eq!(rumours.told(50)[0], news("new", Heard::Dead));
     }
 }

@@ -882,7 +882,10 @@ mod tests {
         for i in [7, 57, 107, 157] {
             assert!(!kept[&format!("m{i:03}")].ok, "failures first");
         }
-        assert!(kept.contains_key("m199") && !kept.contains_key("m100"), "then the slowest");
+        assert!(
+            kept.contains_key("m199") && !kept.contains_key("m100"),
+            "then the slowest"
+        );
         let small: BTreeMap<String, MeshCell> = row.into_iter().take(20).collect();
         assert_eq!(worst_cells(small.clone(), MESH_ROW_MAX), small);
     }

@@ -22,6 +22,7 @@ pub use health::LocalHealth;
 pub use load_balancer::{LoadBalancerCall, ViaLoadBalancer, run_load_balancer};
 use rotation::Rotation;
 
+use crate::discovery::announcements::Announcements;
 use crate::discovery::candidate::{Candidate, CandidateQueue};
 use crate::gossip::PER_ANSWER;
 use crate::membership::{Member, Membership, Snapshot, State};
@@ -51,6 +52,8 @@ pub struct Prober {
     pub interval: Duration,
     pub fanout: u16,
     pub health: LocalHealth,
+    /// Where members heard of but not known go to be verified, like hellos.
+    pub announcements: Announcements,
 }
 
 /// A prober with the way to hand news on to its next round.
@@ -249,11 +252,16 @@ impl Checker {
     }
 
     /// News from a member's answer: a member it says changed, that this replica sees
-    /// otherwise, is checked out of turn. Never taken on the word alone.
+    /// otherwise, is checked out of turn; one this replica does not know is verified like
+    /// a hello. Never taken on the word alone.
     fn hear(&self, news: &[News]) {
         let snapshot = self.prober.membership.snapshot();
         for piece in news.iter().take(PER_ANSWER) {
             let Some(member) = snapshot.member(&piece.instance_id) else {
+                if piece.state == Heard::Alive && piece.addr != self.prober.verifier.me().addr() {
+                    // Out of scope, busy or failed moments ago: the next mention will do.
+                    let _ = self.prober.announcements.submit(piece.addr);
+                }
                 continue;
             };
             let differs = matches!(

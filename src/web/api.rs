@@ -57,7 +57,7 @@ pub async fn identity(
     }
     let snapshot = membership.snapshot();
     let mut identity = snapshot.published(me.identity(), drain.is_draining());
-    identity.news = rumours.for_answer(snapshot.members.len() + 1);
+    identity.news = rumours.for_answer(&snapshot);
     if let (Some(nonce), Some(secret)) = (&query.nonce, verifier.secret()) {
         identity.proof = Some(proof::prove(
             secret,
