@@ -23,17 +23,27 @@ use crate::wire::{IndirectProbe, is_instance_id};
 /// each asker's round gets a fresh look.
 const REUSE_FOR: Duration = Duration::from_millis(100);
 
-/// Asks about one member share one probe.
-pub struct ProbeGate(moka::future::Cache<String, IndirectProbe>);
+/// Probes run for others, in all: far above what members need (a few per failed check),
+/// far below what would make this replica a probe cannon.
+const PROBES_PER_SECOND: u32 = 100;
+
+/// Asks about one member share one probe; probes in all are limited.
+pub struct ProbeGate {
+    recent: moka::future::Cache<String, IndirectProbe>,
+    all: governor::DefaultDirectRateLimiter,
+}
 
 impl Default for ProbeGate {
     fn default() -> ProbeGate {
-        ProbeGate(
-            moka::future::Cache::builder()
+        let per_second =
+            std::num::NonZeroU32::new(PROBES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+        ProbeGate {
+            recent: moka::future::Cache::builder()
                 .max_capacity(MAX_MEMBERS as u64)
                 .time_to_live(REUSE_FOR)
                 .build(),
-        )
+            all: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
+        }
     }
 }
 
@@ -72,10 +82,19 @@ pub async fn probe(
         )));
     };
     let verifier = probing.verifier.clone();
+    let gate = probing.gate.clone();
     let answer = probing
         .gate
-        .0
+        .recent
         .get_with(id.clone(), async move {
+            if gate.all.check().is_err() {
+                return IndirectProbe {
+                    id,
+                    ok: false,
+                    rtt_ms: None,
+                    error: Some("too many indirect probes asked of this replica".into()),
+                };
+            }
             match verifier.ask(addr).await {
                 Ok(reply) if reply.identity.instance_id == id => IndirectProbe {
                     id,

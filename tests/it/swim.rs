@@ -239,3 +239,37 @@ async fn news_checks(replicas: &[Replica]) -> f64 {
     }
     sum
 }
+
+#[tokio::test]
+async fn the_indirect_probe_answers_only_for_members_of_its_own_table() {
+    let _guard = shared().await;
+    let port = free_port();
+    let (a, b) = (Replica::start(2, port, &[]), Replica::start(3, port, &[]));
+    wait_until_all_see(&[&a, &b]).await;
+    let b_id = instance_id(&b).await;
+    let client = crate::common::client();
+    let status = |path: String| {
+        let client = client.clone();
+        let url = a.url(&path);
+        async move {
+            let r = client.get(url).send().await.expect("a answers");
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+    };
+    let (code, body) = status(format!("/api/probe?id={b_id}")).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(answer["ok"], true, "{body}");
+    assert_eq!(answer["id"], b_id.as_str());
+    for (path, want) in [
+        ("/api/probe", 400),
+        ("/api/probe?id=not%20an%20id", 400),
+        ("/api/probe?id=01NOBODY", 404),
+        ("/api/probe?id=x&addr=127.0.0.1:22", 400),
+    ] {
+        let (code, body) = status(path.to_string()).await;
+        assert_eq!(code, want, "{path}: {body}");
+        assert!(!body.is_empty(), "{path}: a reason");
+    }
+}
