@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::mesh_summary::{self, MeshSummary};
 use crate::discovery::report::{Evidence, Report, Reports};
 use crate::drain::Drain;
 use crate::identity::Me;
@@ -41,8 +42,12 @@ pub struct Status {
     pub discovery: Vec<MethodView>,
     pub expected_replicas: Option<u32>,
     /// For every alive member (this one included), its row of direct probes, as it last
-    /// published it.
+    /// published it; in a large cluster (see [`mesh_summary::is_large`]) this replica's
+    /// own row only, the others summarised in `mesh_summary`.
     pub mesh: BTreeMap<String, BTreeMap<String, MeshCell>>,
+    /// In a large cluster only: one line per published row instead of the rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_summary: Option<MeshSummary>,
     /// A short hash of the member set this replica sees.
     pub view_hash: String,
     /// Each alive member's view hash: equal everywhere when views agree.
@@ -168,7 +173,7 @@ impl Status {
             .map(|(method, report)| method_view(method, &report, &snapshot, now))
             .collect();
         census.claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
-        Status {
+        let mut status = Status {
             verdict: verdict(&census, &discovery),
             verdict_tone: verdict_tone(&census),
             relay: sources.relay.view(),
@@ -197,12 +202,31 @@ impl Status {
             discovery,
             expected_replicas: sources.page.expected_replicas,
             mesh,
+            mesh_summary: None,
             view_hash,
             views,
             converged,
             timeline: sources.timeline.merged(sources.me.id()),
             via_load_balancer: sources.via_load_balancer.latest(),
+        };
+        status.summarize_large_mesh();
+        status
+    }
+
+    /// In a large cluster, every row but this replica's own becomes one summary line:
+    /// the JSON and the page then grow with N, not N².
+    pub fn summarize_large_mesh(&mut self) {
+        if !mesh_summary::is_large(self.members.len()) {
+            return;
         }
+        let rows = mesh_summary::summarize(&self.members, &self.mesh);
+        let own = self.mesh.remove_entry(&self.me.instance_id);
+        let rows_left_out = self.mesh.len();
+        self.mesh = own.into_iter().collect();
+        self.mesh_summary = Some(MeshSummary {
+            rows_left_out,
+            rows,
+        });
     }
 
     /// Members alive now, this replica included.
