@@ -35,8 +35,8 @@ fn name(i: usize) -> String {
 
 /// This replica (member 0) and `alive - 1` other alive members, each publishing a row
 /// of every member (the gone ones' calls failing), and `gone` dead or departed ones.
-/// Rows of the `failing` members fail their calls to member 1, and rows 3 to 5 find
-/// member 2 slow.
+/// Rows of the `failing` members fail their calls to member 1, rows 3 to 5 find
+/// member 2 slow, and member 6 is slow to reach everyone.
 fn large_status(alive: usize, gone: usize, failing: &[usize]) -> Status {
     let member = |i: usize, state: State| MemberView {
         instance_id: id(i),
@@ -65,10 +65,10 @@ fn large_status(alive: usize, gone: usize, failing: &[usize]) -> Status {
                 .enumerate()
                 .map(|(to, m)| {
                     let ok = m.state == State::Alive && !(to == 1 && failing.contains(&from));
-                    let rtt = if to == 2 && (3..=5).contains(&from) {
-                        7.5
-                    } else {
-                        0.4
+                    let rtt = match (from, to) {
+                        (3..=5, 2) => 7.5,
+                        (6, _) => 6.0,
+                        _ => 0.4,
                     };
                     (m.instance_id.clone(), cell(ok, rtt))
                 })
@@ -232,10 +232,11 @@ fn the_page_of_a_large_cluster_is_bounded_and_leads_with_the_worst_rows() {
             .expect("a heat strip");
         assert_eq!(heat.matches("<span").count(), alive);
         assert_eq!(heat.matches("class=\"fast me\"").count(), 1);
-        // Member 1, which two rows cannot reach, and those two rows are red; the rows that
-        // find member 2 slow are amber.
+        // Member 1, which two rows cannot reach, and those two rows are red; member 6,
+        // slow to everyone, is amber; one slow call (rows 3 to 5) leaves a square green.
         assert_eq!(heat.matches("class=\"fail").count(), 3, "{heat}");
-        assert_eq!(heat.matches("class=\"slow").count(), 3, "{heat}");
+        assert_eq!(heat.matches("class=\"slow").count(), 1, "{heat}");
+        assert_eq!(heat.matches("class=\"fast").count(), alive - 4, "{heat}");
 
         // The worst rows: the two failing first, then the slow ones.
         let worst = html
@@ -273,8 +274,11 @@ fn the_page_of_a_large_cluster_is_bounded_and_leads_with_the_worst_rows() {
         assert!(!rows[2].contains("✗"), "{}", rows[2]);
         let reached_by = format!("<td class=\"fail\">{} / {}</td>", alive - 3, alive - 1);
         assert!(rows[2].contains(&reached_by), "{}", rows[2]);
-        // Then the slowest.
-        assert!(rows[3].contains("7.50 ms"), "{}", rows[3]);
+        // Then the slowest calls.
+        for row in &rows[3..6] {
+            assert!(row.contains("7.50 ms"), "{row}");
+        }
+        assert!(rows[6].contains("6.00 ms"), "{}", rows[6]);
         assert!(html.contains(&format!(
             "and {} more rows: {} fine",
             alive - super::large_view::WORST_ROWS,
