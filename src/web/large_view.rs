@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use super::mesh_summary::{FULL_VIEW_MAX, RowSummary};
 use super::page::{ago, esc, rtt_class};
 use super::status::{MemberView, Status};
+use crate::discovery::report::Evidence;
 use crate::membership::State;
+use crate::wire::MethodStatus;
 
 /// Cards shown at most: this replica, then the suspect ones, then the most recently gone.
 pub const CARDS_MAX: usize = FULL_VIEW_MAX;
@@ -16,6 +18,9 @@ pub const CARDS_MAX: usize = FULL_VIEW_MAX;
 pub const WORST_ROWS: usize = 8;
 /// Gone members named in the gone line, the most recent first.
 const GONE_NAMED: usize = 3;
+/// Lines of evidence shown under each discovery method: a registry or a DNS name lists
+/// every replica, a line each.
+pub const EVIDENCE_SHOWN: usize = FULL_VIEW_MAX;
 
 fn is_current(m: &MemberView) -> bool {
     matches!(m.state, State::Alive | State::Suspect)
@@ -64,6 +69,32 @@ pub fn cards_left_out(members: &[MemberView], shown: &[&MemberView]) -> Option<S
         .map(|(state, n)| format!("{n} {}", state.as_str()))
         .collect();
     (!parts.is_empty()).then(|| format!("Not drawn: {}.", parts.join(", ")))
+}
+
+/// The evidence lines worth a look, at most [`EVIDENCE_SHOWN`]: those that did not work
+/// first (in their order), then the others; and what is left out, by status.
+pub fn evidence(all: &[Evidence]) -> (Vec<&Evidence>, Option<String>) {
+    let mut shown: Vec<&Evidence> = all.iter().collect();
+    // Stable: lines keep their order within each kind.
+    shown.sort_by_key(|e| e.status == MethodStatus::Works);
+    let rest = shown.split_off(shown.len().min(EVIDENCE_SHOWN));
+    if rest.is_empty() {
+        return (shown, None);
+    }
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &rest {
+        *by_status.entry(e.status.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = by_status
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    let note = format!(
+        "and {} more lines ({}); /api/status has every line",
+        rest.len(),
+        counts.join(", ")
+    );
+    (shown, Some(note))
 }
 
 /// The mesh of a large cluster, as HTML (escaped here): a heat strip, the worst rows,

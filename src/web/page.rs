@@ -23,6 +23,7 @@ use super::status::{MemberView, MethodView, Status, StatusSources};
 use super::timeline_lines::{Line, lines};
 use crate::broadcast::{Broadcaster, Message};
 use crate::client::PeerClient;
+use crate::discovery::report::Evidence;
 use crate::membership::State as MemberState;
 use crate::relay::RelayMode;
 
@@ -568,6 +569,22 @@ impl IndexPage {
     }
     fn members_left_out(&self) -> Option<String> {
         large_view::cards_left_out(&self.s.members, &self.shown_members())
+    }
+    /// The evidence lines under a method: all of them, or in a large cluster the ones
+    /// worth a look.
+    fn evidence_shown<'a>(&self, d: &'a MethodView) -> Vec<&'a Evidence> {
+        if self.is_large() {
+            large_view::evidence(&d.evidence).0
+        } else {
+            d.evidence.iter().collect()
+        }
+    }
+    fn evidence_left_out(&self, d: &MethodView) -> Option<String> {
+        if self.is_large() {
+            large_view::evidence(&d.evidence).1
+        } else {
+            None
+        }
     }
     /// The heat strip and worst rows of a large cluster.
     fn large_mesh_html(&self) -> String {
