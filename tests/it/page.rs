@@ -596,7 +596,24 @@ async fn a_cluster_past_twelve_is_summarised_and_fits_a_phone() {
         9,
         "a header and 8 rows"
     );
+
+    // A pod killed: a card of its own, a line among the gone, no square.
+    let mut pods = pods;
+    drop(pods.remove(13));
+    eventually("the killed pod in the gone line and a card", || async {
+        let gone = browser.eval(
+            "return [document.querySelector('#mesh .gone-line')?.textContent, document.querySelectorAll('#members li.member.state-dead').length, document.querySelectorAll('#mesh .heat span').length]",
+        );
+        let line = gone[0].as_str().unwrap_or("");
+        if line.contains("1 stopped answering") && line.contains(&names[13]) && gone[1] == 1 && gone[2] == 13 {
+            Ok(())
+        } else {
+            Err(gone.to_string())
+        }
+    })
+    .await;
     let (page, window) = widths(&browser);
     assert!(window <= 400, "the window is a phone's: {window} px");
     assert!(page <= window, "{page} px of page in a {window} px window");
+    screenshot_whole_page(&browser, 390, "page-large-390.png");
 }
