@@ -71,11 +71,44 @@ pub struct MeshSummary {
     pub rows: Vec<RowSummary>,
 }
 
-/// The summaries of every row in `mesh`, the worst first.
-pub fn summarize(
+/// A row as it was published: whose, and its cells by the instance id probed.
+pub type Row<'a> = (&'a str, &'a BTreeMap<String, MeshCell>);
+
+/// `/api/status`'s `mesh` and `mesh_summary` from this replica's own row and the other
+/// alive members' published rows: every row, copied, up to [`FULL_VIEW_MAX`] members; past
+/// it, the own row and a summary of each, without copying the others' N² cells.
+pub fn mesh_fields(
     members: &[MemberView],
-    mesh: &BTreeMap<String, BTreeMap<String, MeshCell>>,
-) -> Vec<RowSummary> {
+    own: (&str, BTreeMap<String, MeshCell>),
+    others: &[Row],
+) -> (
+    BTreeMap<String, BTreeMap<String, MeshCell>>,
+    Option<MeshSummary>,
+) {
+    let (own_id, own_row) = own;
+    if !is_large(members.len()) {
+        let mut mesh: BTreeMap<String, BTreeMap<String, MeshCell>> = others
+            .iter()
+            .map(|(id, row)| (id.to_string(), (*row).clone()))
+            .collect();
+        mesh.insert(own_id.to_string(), own_row);
+        return (mesh, None);
+    }
+    let summary = {
+        let all: Vec<Row> = std::iter::once((own_id, &own_row))
+            .chain(others.iter().copied().filter(|(id, _)| *id != own_id))
+            .collect();
+        MeshSummary {
+            rows_left_out: all.len() - 1,
+            rows: summarize(members, &all),
+        }
+    };
+    let mesh = [(own_id.to_string(), own_row)].into_iter().collect();
+    (mesh, Some(summary))
+}
+
+/// The summaries of `rows`, the worst first.
+pub fn summarize(members: &[MemberView], rows: &[Row]) -> Vec<RowSummary> {
     let current: BTreeMap<&str, ()> = members
         .iter()
         .filter(|m| matches!(m.state, State::Alive | State::Suspect))
@@ -83,13 +116,13 @@ pub fn summarize(
         .collect();
     // Each current member's column: (rows that probe it, rows that reach it).
     let mut columns: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    let mut rows: Vec<RowSummary> = mesh
+    let mut summaries: Vec<RowSummary> = rows
         .iter()
         .map(|(from, row)| {
             let mut rtts: Vec<(f64, &str)> = Vec::new();
             let mut failing = Vec::new();
             let mut probed = 0;
-            for (to, cell) in row {
+            for (to, cell) in *row {
                 if to == from || !current.contains_key(to.as_str()) {
                     continue;
                 }
@@ -106,7 +139,7 @@ pub fn summarize(
             rtts.sort_by(|a, b| a.0.total_cmp(&b.0));
             let worst = rtts.last();
             RowSummary {
-                instance_id: from.clone(),
+                instance_id: from.to_string(),
                 probed,
                 reaches: rtts.len(),
                 failing: failing
@@ -122,14 +155,14 @@ pub fn summarize(
             }
         })
         .collect();
-    for row in &mut rows {
+    for row in &mut summaries {
         if let Some((probed_by, reached_by)) = columns.get(row.instance_id.as_str()) {
             row.probed_by = *probed_by;
             row.reached_by = *reached_by;
         }
     }
-    worst_first(&mut rows);
-    rows
+    worst_first(&mut summaries);
+    summaries
 }
 
 /// Rows that fail calls first (the most failures first), then rows nobody reaches, then
@@ -209,7 +242,8 @@ pub mod tests {
         .into_iter()
         .map(|(id, r)| (id.to_string(), r))
         .collect();
-        let rows = summarize(&members, &mesh);
+        let rows: Vec<Row> = mesh.iter().map(|(id, r)| (id.as_str(), r)).collect();
+        let rows = summarize(&members, &rows);
         let order: Vec<&str> = rows.iter().map(|r| r.instance_id.as_str()).collect();
         // b fails a call; c is missed by b; a is the slowest of the rest.
         assert_eq!(order, ["b", "c", "a"]);

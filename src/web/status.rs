@@ -137,15 +137,12 @@ impl Status {
         let snapshot = sources.membership.snapshot();
         let draining = sources.drain.is_draining();
         let mut me = snapshot.published(sources.me.identity(), draining);
-        let mut mesh = BTreeMap::new();
         let mut views = BTreeMap::new();
         let view_hash = me.view_hash.take().unwrap_or_default();
-        mesh.insert(me.instance_id.clone(), me.mesh.take().unwrap_or_default());
+        let own_row = me.mesh.take().unwrap_or_default();
         views.insert(me.instance_id.clone(), view_hash.clone());
-        for m in snapshot.members.iter().filter(|m| m.state == State::Alive) {
-            if let Some(row) = &m.identity.mesh {
-                mesh.insert(m.identity.instance_id.clone(), row.clone());
-            }
+        let alive = || snapshot.members.iter().filter(|m| m.state == State::Alive);
+        for m in alive() {
             if let Some(hash) = &m.identity.view_hash {
                 views.insert(m.identity.instance_id.clone(), hash.clone());
             }
@@ -165,6 +162,11 @@ impl Status {
             restarted: false,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
+        let others: Vec<mesh_summary::Row> = alive()
+            .filter_map(|m| Some((m.identity.instance_id.as_str(), m.identity.mesh.as_ref()?)))
+            .collect();
+        let (mesh, mesh_summary) =
+            mesh_summary::mesh_fields(&members, (&me.instance_id, own_row), &others);
         let mut census = Census::of(&snapshot);
         let discovery: Vec<MethodView> = sources
             .reports
@@ -173,7 +175,7 @@ impl Status {
             .map(|(method, report)| method_view(method, &report, &snapshot, now))
             .collect();
         census.claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
-        let mut status = Status {
+        Status {
             verdict: verdict(&census, &discovery),
             verdict_tone: verdict_tone(&census),
             relay: sources.relay.view(),
@@ -202,31 +204,25 @@ impl Status {
             discovery,
             expected_replicas: sources.page.expected_replicas,
             mesh,
-            mesh_summary: None,
+            mesh_summary,
             view_hash,
             views,
             converged,
             timeline: sources.timeline.merged(sources.me.id()),
             via_load_balancer: sources.via_load_balancer.latest(),
-        };
-        status.summarize_large_mesh();
-        status
+        }
     }
 
-    /// In a large cluster, every row but this replica's own becomes one summary line:
-    /// the JSON and the page then grow with N, not N².
+    /// What [`Status::of`] makes of a status built with every row in `mesh` (tests
+    /// build them so).
+    #[cfg(test)]
     pub fn summarize_large_mesh(&mut self) {
-        if !mesh_summary::is_large(self.members.len()) {
-            return;
-        }
-        let rows = mesh_summary::summarize(&self.members, &self.mesh);
-        let own = self.mesh.remove_entry(&self.me.instance_id);
-        let rows_left_out = self.mesh.len();
-        self.mesh = own.into_iter().collect();
-        self.mesh_summary = Some(MeshSummary {
-            rows_left_out,
-            rows,
-        });
+        let id = self.me.instance_id.clone();
+        let own = self.mesh.remove(&id).unwrap_or_default();
+        let others = std::mem::take(&mut self.mesh);
+        let rows: Vec<mesh_summary::Row> = others.iter().map(|(id, r)| (id.as_str(), r)).collect();
+        (self.mesh, self.mesh_summary) =
+            mesh_summary::mesh_fields(&self.members, (&id, own), &rows);
     }
 
     /// Members alive now, this replica included.
