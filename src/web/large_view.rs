@@ -16,6 +16,9 @@ use crate::wire::MethodStatus;
 pub const CARDS_MAX: usize = FULL_VIEW_MAX;
 /// Rows of the mesh shown in full, the worst first.
 pub const WORST_ROWS: usize = 8;
+/// Of those, rows not read (suspect members) at most: the others' failures still show
+/// when a partition makes half the cluster suspect.
+pub const UNREAD_ROWS: usize = WORST_ROWS / 2;
 /// Gone members named in the gone line, the most recent first.
 const GONE_NAMED: usize = 3;
 /// Lines of evidence shown under each discovery method: a registry or a DNS name lists
@@ -142,7 +145,7 @@ pub fn mesh_html(s: &Status, labels: &BTreeMap<&str, &str>) -> String {
         .collect();
     html += "<table class=\"mesh worst\"><tr><th>worst rows</th><th>reaches</th>\
              <th>slowest</th><th>reached by</th></tr>";
-    let shown_unread = unread.len().min(WORST_ROWS);
+    let shown_unread = unread.len().min(UNREAD_ROWS);
     for m in unread.iter().take(shown_unread) {
         html += &format!(
             "<tr><th title=\"{} ({})\" style=\"--hue: {}\">{}</th><td class=\"none\" colspan=\"3\">row not read ({})</td></tr>",

@@ -327,3 +327,53 @@ fn the_page_of_a_large_cluster_is_bounded_and_leads_with_the_worst_rows() {
         )));
     }
 }
+
+#[test]
+fn suspect_members_lead_the_cards_and_the_worst_rows_without_hiding_failures() {
+    let mut status = large_status(200, 0, &[7]);
+    // Ten members missed their probes: their rows are not read any more.
+    for i in 100..110 {
+        status.members[i].state = State::Suspect;
+        status.mesh.remove(&id(i));
+    }
+    status.summarize_large_mesh();
+    let html = page_of(status).render().expect("a page");
+    let cards: Vec<&str> = html.split("<li class=\"member ").skip(1).collect();
+    // This replica and the ten suspect ones: nobody is gone.
+    assert_eq!(cards.len(), 11);
+    assert!(cards[0].starts_with("state-alive me"), "{}", cards[0]);
+    assert!(cards[1..].iter().all(|c| c.starts_with("state-suspect")));
+    assert!(html.contains("Not drawn: 189 alive."), "{html}");
+    let worst = html
+        .split("<table class=\"mesh worst\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("the worst rows");
+    let rows: Vec<&str> = worst
+        .split("</tr>")
+        .skip(1)
+        .filter(|r| !r.is_empty())
+        .collect();
+    let unread = super::large_view::UNREAD_ROWS;
+    for row in &rows[..unread] {
+        assert!(row.contains("row not read (suspect)"), "{row}");
+    }
+    // Member 7's failed call still shows, after them.
+    assert!(
+        rows[unread].contains(&format!("title=\"{}\"", name(7))),
+        "{}",
+        rows[unread]
+    );
+    assert!(
+        rows[unread].contains("<td class=\"fail\">"),
+        "{}",
+        rows[unread]
+    );
+    assert!(html.contains("6 not read; every row is in"), "{html}");
+    let heat = html
+        .split("<div class=\"heat\">")
+        .nth(1)
+        .and_then(|h| h.split("</div>").next())
+        .expect("a heat strip");
+    assert_eq!(heat.matches("class=\"none\"").count(), 10, "{heat}");
+}
