@@ -3,6 +3,8 @@
 //! hash (`checkout-api-768976868d-vprdj`), so a cut-off start reads the same for every
 //! pod; what differs is at the end, or before a suffix they share (`.svc.cluster.local`).
 
+use std::collections::HashMap;
+
 /// Where names are cut into words: the separators of pod names, host names and DNS.
 const SEPARATORS: &[char] = &['-', '.', '_'];
 /// A label shorter than this takes the word before it too: `web-0`, not a bare `0`.
@@ -62,24 +64,35 @@ fn common_suffix(all: &[Words]) -> usize {
         .count()
 }
 
-/// The fewest last words of `all[i]` that no other name ends with, lengthened to
-/// [`MIN_CHARS`] where it has the words; none when another name is the same.
-fn shortest_unique<'a>(all: &[Words<'a>], i: usize) -> Option<&'a str> {
-    let unique = |k: usize| {
-        let label = all[i].tail(k);
-        !label.is_empty()
-            && all
-                .iter()
-                .enumerate()
-                .all(|(j, other)| j == i || other.tail(k) != label)
-    };
-    // Past its own words a name is whole, and may still differ from a longer one's tail.
+/// How many names end with each run of `k` last words, for every `k` up to the most
+/// words a name has: `counts[k - 1][tail]`. Built once, so that labelling N names costs
+/// N times their words, not N² (the page labels every member on each render).
+fn tail_counts<'a>(all: &[Words<'a>]) -> Vec<HashMap<&'a str, usize>> {
     let most = all.iter().map(|w| w.len).max().unwrap_or(0);
-    let k = (1..=most).find(|&k| unique(k))?;
-    let k = (k..=all[i].len)
-        .find(|&k| all[i].tail(k).chars().count() >= MIN_CHARS)
-        .unwrap_or(all[i].len);
-    Some(all[i].tail(k))
+    (1..=most)
+        .map(|k| {
+            let mut counts = HashMap::new();
+            for words in all {
+                *counts.entry(words.tail(k)).or_insert(0) += 1;
+            }
+            counts
+        })
+        .collect()
+}
+
+/// The fewest last words of `words` that no other name ends with, lengthened to
+/// [`MIN_CHARS`] where it has the words; none when another name is the same.
+fn shortest_unique<'a>(words: &Words<'a>, counts: &[HashMap<&'a str, usize>]) -> Option<&'a str> {
+    // Past its own words a name is whole, and may still differ from a longer one's tail.
+    let unique = |k: usize| {
+        let label = words.tail(k);
+        !label.is_empty() && counts[k - 1].get(label) == Some(&1)
+    };
+    let k = (1..=counts.len()).find(|&k| unique(k))?;
+    let k = (k..=words.len)
+        .find(|&k| words.tail(k).chars().count() >= MIN_CHARS)
+        .unwrap_or(words.len);
+    Some(words.tail(k))
 }
 
 /// The last characters of an id (ids from peers need not be ASCII).
@@ -100,15 +113,20 @@ pub fn short_labels(members: &[(&str, &str)]) -> Vec<String> {
             words.len -= shared;
         }
     }
-    let labels: Vec<Option<&str>> = (0..all.len()).map(|i| shortest_unique(&all, i)).collect();
+    let counts = tail_counts(&all);
+    let labels: Vec<Option<&str>> = all.iter().map(|w| shortest_unique(w, &counts)).collect();
     let mut out: Vec<String> = labels
         .iter()
         .zip(members)
         .map(|(label, (_, id))| label.map_or_else(|| id_tail(id), str::to_string))
         .collect();
     // Ids are unique where their tails may not be (or a name may read like one).
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for label in &out {
+        *uses.entry(label.as_str()).or_insert(0) += 1;
+    }
     let clashing: Vec<usize> = (0..out.len())
-        .filter(|&i| labels[i].is_none() && out.iter().filter(|l| **l == out[i]).count() > 1)
+        .filter(|&i| labels[i].is_none() && uses.get(out[i].as_str()) > Some(&1))
         .collect();
     for i in clashing {
         out[i] = members[i].1.to_string();

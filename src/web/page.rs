@@ -16,11 +16,14 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::labels::short_labels;
+use super::large_view;
+use super::mesh_summary;
 use super::negotiate::{accepts, wants_html};
 use super::status::{MemberView, MethodView, Status, StatusSources};
 use super::timeline_lines::{Line, lines};
 use crate::broadcast::{Broadcaster, Message};
 use crate::client::PeerClient;
+use crate::discovery::report::Evidence;
 use crate::membership::State as MemberState;
 use crate::relay::RelayMode;
 
@@ -236,8 +239,10 @@ fn render_own(
     rendered.unwrap_or_default()
 }
 
-/// The largest regions answer taken from another replica: the N×N matrix grows with the
-/// square of the cluster.
+/// The largest regions answer taken from another replica. This build's regions grow with
+/// N (about 100 KB at 200 members and 200 gone, 210 KB at 512 and 512 gone: see
+/// `large_tests`); the margin is for a replica of an older build, whose N×N matrix grows
+/// with the square of the cluster, during a rolling deploy.
 const MAX_REGIONS_BYTES: usize = 4 * 1024 * 1024;
 /// How long another replica's regions answer later polls of the same page.
 const REGIONS_REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
@@ -320,7 +325,7 @@ pub fn hue(instance_id: &str) -> u32 {
 const TIMELINE_LINES: usize = 30;
 
 /// Text for HTML built by hand.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     askama::filters::escape(s, askama::filters::Html)
         .map(|e| e.to_string())
         .unwrap_or_default()
@@ -377,7 +382,7 @@ fn mesh_header(m: &MemberView, label: &str) -> String {
 }
 
 /// Direct calls under a millisecond are fast on any network; over five, slow.
-fn rtt_class(rtt_ms: f64) -> &'static str {
+pub(super) fn rtt_class(rtt_ms: f64) -> &'static str {
     if rtt_ms < 1.0 {
         "fast"
     } else if rtt_ms < 5.0 {
@@ -546,6 +551,53 @@ impl IndexPage {
         members
     }
 
+    /// Past [`mesh_summary::FULL_VIEW_MAX`] members the page counts and summarises
+    /// instead of drawing every card and every cell.
+    fn is_large(&self) -> bool {
+        mesh_summary::is_large(self.s.members.len())
+    }
+    /// The member cards drawn: every member, or in a large cluster those worth a look.
+    fn shown_members(&self) -> Vec<&MemberView> {
+        if self.is_large() {
+            large_view::cards(&self.s.members)
+        } else {
+            self.s.members.iter().collect()
+        }
+    }
+    fn state_counts(&self) -> String {
+        large_view::state_counts(&self.s.members)
+    }
+    fn members_left_out(&self) -> Option<String> {
+        large_view::cards_left_out(&self.s.members, &self.shown_members())
+    }
+    /// The evidence lines under a method: all of them, or in a large cluster the ones
+    /// worth a look.
+    fn evidence_shown<'a>(&self, d: &'a MethodView) -> Vec<&'a Evidence> {
+        if self.is_large() {
+            large_view::evidence(&d.evidence).0
+        } else {
+            d.evidence.iter().collect()
+        }
+    }
+    fn evidence_left_out(&self, d: &MethodView) -> Option<String> {
+        if self.is_large() {
+            large_view::evidence(&d.evidence).1
+        } else {
+            None
+        }
+    }
+    /// The heat strip and worst rows of a large cluster.
+    fn large_mesh_html(&self) -> String {
+        let members = self.mesh_members();
+        let labels = labels_of(&members);
+        let by_id = members
+            .iter()
+            .zip(&labels)
+            .map(|(m, label)| (m.instance_id.as_str(), label.as_str()))
+            .collect();
+        large_view::mesh_html(&self.s, &by_id)
+    }
+
     /// The N×N grid: escaped here, since it is built as text. Headers are the shortest
     /// part of each name that tells it apart, with the whole name on hover.
     fn mesh_html(&self) -> String {
@@ -631,6 +683,10 @@ impl IndexPage {
 }
 
 #[cfg(test)]
+#[path = "page_large_tests.rs"]
+mod large_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::MethodStatus;
@@ -712,6 +768,7 @@ mod tests {
                 }],
                 expected_replicas: Some(2),
                 mesh: Default::default(),
+                mesh_summary: None,
                 view_hash: "abc".into(),
                 views: Default::default(),
                 converged: true,

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::mesh_summary::{self, MeshSummary};
 use crate::discovery::report::{Evidence, Report, Reports};
 use crate::drain::Drain;
 use crate::identity::Me;
@@ -41,8 +42,12 @@ pub struct Status {
     pub discovery: Vec<MethodView>,
     pub expected_replicas: Option<u32>,
     /// For every alive member (this one included), its row of direct probes, as it last
-    /// published it.
+    /// published it; in a large cluster (see [`mesh_summary::is_large`]) this replica's
+    /// own row only, the others summarised in `mesh_summary`.
     pub mesh: BTreeMap<String, BTreeMap<String, MeshCell>>,
+    /// In a large cluster only: one line per published row instead of the rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_summary: Option<MeshSummary>,
     /// A short hash of the member set this replica sees.
     pub view_hash: String,
     /// Each alive member's view hash: equal everywhere when views agree.
@@ -132,15 +137,12 @@ impl Status {
         let snapshot = sources.membership.snapshot();
         let draining = sources.drain.is_draining();
         let mut me = snapshot.published(sources.me.identity(), draining);
-        let mut mesh = BTreeMap::new();
         let mut views = BTreeMap::new();
         let view_hash = me.view_hash.take().unwrap_or_default();
-        mesh.insert(me.instance_id.clone(), me.mesh.take().unwrap_or_default());
+        let own_row = me.mesh.take().unwrap_or_default();
         views.insert(me.instance_id.clone(), view_hash.clone());
-        for m in snapshot.members.iter().filter(|m| m.state == State::Alive) {
-            if let Some(row) = &m.identity.mesh {
-                mesh.insert(m.identity.instance_id.clone(), row.clone());
-            }
+        let alive = || snapshot.members.iter().filter(|m| m.state == State::Alive);
+        for m in alive() {
             if let Some(hash) = &m.identity.view_hash {
                 views.insert(m.identity.instance_id.clone(), hash.clone());
             }
@@ -160,6 +162,11 @@ impl Status {
             restarted: false,
         }];
         members.extend(snapshot.members.iter().map(|m| member_view(m, now)));
+        let others: Vec<mesh_summary::Row> = alive()
+            .filter_map(|m| Some((m.identity.instance_id.as_str(), m.identity.mesh.as_ref()?)))
+            .collect();
+        let (mesh, mesh_summary) =
+            mesh_summary::mesh_fields(&members, (&me.instance_id, own_row), &others);
         let mut census = Census::of(&snapshot);
         let discovery: Vec<MethodView> = sources
             .reports
@@ -197,12 +204,25 @@ impl Status {
             discovery,
             expected_replicas: sources.page.expected_replicas,
             mesh,
+            mesh_summary,
             view_hash,
             views,
             converged,
             timeline: sources.timeline.merged(sources.me.id()),
             via_load_balancer: sources.via_load_balancer.latest(),
         }
+    }
+
+    /// What [`Status::of`] makes of a status built with every row in `mesh` (tests
+    /// build them so).
+    #[cfg(test)]
+    pub fn summarize_large_mesh(&mut self) {
+        let id = self.me.instance_id.clone();
+        let own = self.mesh.remove(&id).unwrap_or_default();
+        let others = std::mem::take(&mut self.mesh);
+        let rows: Vec<mesh_summary::Row> = others.iter().map(|(id, r)| (id.as_str(), r)).collect();
+        (self.mesh, self.mesh_summary) =
+            mesh_summary::mesh_fields(&self.members, (&id, own), &rows);
     }
 
     /// Members alive now, this replica included.

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::common::browser::{Browser, local_chromedriver, local_curl};
-use crate::common::{Guard, Replica, client, eventually, free_port, shared, wait_until_all_see};
+use crate::common::{
+    Guard, Replica, client, eventually, free_port, shared, status_of, wait_until_all_see,
+};
 
 /// A pod's name at the 63 characters Kubernetes allows: deployment, replica-set hash, and
 /// the pod's own suffix, the only part that differs.
@@ -527,4 +529,91 @@ async fn messages_are_shown_once_while_the_stream_moves_between_replicas() {
     .await;
     broadcast(&pods[1], "third").await;
     shows_exactly(&browser, &["third", "second", "first"]).await;
+}
+
+/// Past 12 members the page counts and summarises: a card for this replica (and any
+/// suspect or gone), one heat square per member, the worst rows; nothing wider than a
+/// phone. `/api/status` keeps this replica's own mesh row and one summary per row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_past_twelve_is_summarised_and_fits_a_phone() {
+    let _machine = shared().await;
+    let port = free_port();
+    let names: Vec<String> = (0..14).map(|i| pod_name(&format!("p{i:04}"))).collect();
+    let pods = replicas(150, port, &names, &[]);
+    wait_until_all_see(&pods.iter().collect::<Vec<_>>()).await;
+
+    let status = eventually("a mesh summary of 14 rows, each reaching 13", || async {
+        let s = status_of(&pods[0]).await?;
+        let rows = s["mesh_summary"]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let all_reach = rows.len() == 14 && rows.iter().all(|r| r["reaches"] == 13);
+        if all_reach {
+            Ok(s)
+        } else {
+            Err(s["mesh_summary"].to_string())
+        }
+    })
+    .await;
+    let own: Vec<&String> = status["mesh"].as_object().expect("mesh").keys().collect();
+    assert_eq!(
+        own,
+        [status["self"]["instance_id"].as_str().expect("an id")]
+    );
+    assert_eq!(status["mesh_summary"]["rows_left_out"], 13);
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(14));
+
+    let browser = Browser::start(local_chromedriver, local_curl());
+    browser.resize(390, 900);
+    browser.goto(&pods[0].url("/"));
+    // Green or amber (a loaded machine is slow), never red or grey.
+    eventually("14 answering squares in the heat strip", || async {
+        let answering = count(
+            &browser,
+            "#mesh .heat span.fast, #mesh .heat span.ok, #mesh .heat span.slow",
+        );
+        if answering == 14 {
+            Ok(())
+        } else {
+            let mesh = browser.eval("return document.getElementById('mesh')?.outerHTML");
+            Err(format!("{answering} answering in {mesh}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&browser, "#members li.member"),
+        1,
+        "this replica's card only"
+    );
+    let note = browser.eval("return document.querySelector('#members').textContent");
+    assert!(
+        note.as_str().unwrap_or("").contains("Not drawn: 13 alive."),
+        "{note}"
+    );
+    assert_eq!(
+        count(&browser, "#mesh table.worst tr"),
+        9,
+        "a header and 8 rows"
+    );
+
+    // A pod killed: a card of its own, a line among the gone, no square.
+    let mut pods = pods;
+    drop(pods.remove(13));
+    eventually("the killed pod in the gone line and a card", || async {
+        let gone = browser.eval(
+            "return [document.querySelector('#mesh .gone-line')?.textContent, document.querySelectorAll('#members li.member.state-dead').length, document.querySelectorAll('#mesh .heat span').length]",
+        );
+        let line = gone[0].as_str().unwrap_or("");
+        if line.contains("1 stopped answering") && line.contains(&names[13]) && gone[1] == 1 && gone[2] == 13 {
+            Ok(())
+        } else {
+            Err(gone.to_string())
+        }
+    })
+    .await;
+    let (page, window) = widths(&browser);
+    assert!(window <= 400, "the window is a phone's: {window} px");
+    assert!(page <= window, "{page} px of page in a {window} px window");
+    screenshot_whole_page(&browser, 390, "page-large-390.png");
 }
