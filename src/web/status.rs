@@ -139,7 +139,9 @@ impl Status {
         let mut me = snapshot.published(sources.me.identity(), draining);
         let mut views = BTreeMap::new();
         let view_hash = me.view_hash.take().unwrap_or_default();
-        let own_row = me.mesh.take().unwrap_or_default();
+        // This replica's own row whole: what it publishes to peers is capped.
+        me.mesh = None;
+        let own_row = snapshot.mesh_row(now);
         views.insert(me.instance_id.clone(), view_hash.clone());
         let alive = || snapshot.members.iter().filter(|m| m.state == State::Alive);
         for m in alive() {
