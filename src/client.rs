@@ -127,12 +127,14 @@ impl PeerClient {
     pub async fn identity(
         &self,
         addr: SocketAddr,
-        challenge: Option<(&str, &str)>,
+        nonce: Option<&str>,
+        from: &str,
     ) -> Result<Reply, CallError> {
         let started = Instant::now();
-        let url = match challenge {
-            Some((nonce, from)) => format!("http://{addr}/api/identity?nonce={nonce}&from={from}"),
-            None => format!("http://{addr}/api/identity"),
+        // `from` (an instance id: nothing to escape) says who asks: a member gets the news.
+        let url = match nonce {
+            Some(nonce) => format!("http://{addr}/api/identity?nonce={nonce}&from={from}"),
+            None => format!("http://{addr}/api/identity?from={from}"),
         };
         let response = self
             .for_peer(addr)

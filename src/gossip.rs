@@ -234,6 +234,45 @@ mod tests {
         assert!(!seen.contains("m0"), "never a suspect as alive");
     }
 
+    /// SWIM's claim, checked on this queue's budget: a piece told by one replica reaches
+    /// all 200 when each replica probes one random other per round and retells what it
+    /// heard, in a few rounds per doubling, before every teller's budget runs out.
+    #[test]
+    fn news_reaches_every_one_of_200_in_logarithmic_rounds() {
+        use rand::{Rng, SeedableRng};
+        const N: usize = 200;
+        for seed in 0..20 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let nodes: Vec<Rumours> = (0..N).map(|_| Rumours::default()).collect();
+            let mut heard = [false; N];
+            nodes[0].tell(news("victim", Heard::Dead));
+            heard[0] = true;
+            let mut rounds = 0;
+            while heard.iter().any(|h| !h) {
+                rounds += 1;
+                assert!(
+                    rounds <= 30,
+                    "seed {seed}: {} of {N} heard after 30 rounds",
+                    heard.iter().filter(|h| **h).count()
+                );
+                for prober in 0..N {
+                    let target = (prober + rng.random_range(1..N)) % N;
+                    if nodes[target]
+                        .told(N)
+                        .iter()
+                        .any(|n| n.instance_id == "victim")
+                        && !heard[prober]
+                    {
+                        heard[prober] = true;
+                        nodes[prober].tell(news("victim", Heard::Dead));
+                    }
+                }
+            }
+            // ⌈log2 200⌉ = 8: a handful of rounds per doubling.
+            assert!(rounds <= 20, "seed {seed}: {rounds} rounds");
+        }
+    }
+
     #[test]
     fn the_least_told_go_first() {
         let rumours = Rumours::default();

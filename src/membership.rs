@@ -304,7 +304,9 @@ impl Table {
             return;
         }
         member.last_ok = now;
-        member.last_error = Some(format!("{error}; reached through {via}"));
+        member.last_error = member
+            .conflict_note()
+            .or(Some(format!("{error}; reached through {via}")));
         Self::set_state(member, State::Alive, now);
     }
 

@@ -71,11 +71,11 @@ impl Verifier {
     /// alias).
     pub async fn ask(&self, addr: SocketAddr) -> Result<Reply, CallError> {
         let Some(secret) = &self.secret else {
-            return self.client.identity(addr, None).await;
+            return self.client.identity(addr, None, self.me.id()).await;
         };
         let nonce = proof::nonce();
         let me = self.me.id();
-        let reply = self.client.identity(addr, Some((&nonce, me))).await?;
+        let reply = self.client.identity(addr, Some(&nonce), me).await?;
         if proof::check(secret, &nonce, me, &reply.identity) {
             Ok(reply)
         } else if reply.identity.service != self.me.service() {

@@ -61,6 +61,9 @@ pub enum Heard {
     Suspect,
     Dead,
     Left,
+    /// A state a later version tells of: ignored, so a mixed-version rollout still parses.
+    #[serde(other)]
+    Other,
 }
 
 /// `GET /api/probe?id=…`: whether the asked replica reached that member just now, for a

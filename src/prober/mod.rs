@@ -11,6 +11,7 @@ mod load_balancer;
 mod rotation;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,10 @@ const GONE_PROBE_EVERY: u64 = 4;
 pub const INDIRECT: usize = 2;
 /// Members waiting to be checked out of turn on news.
 const HINTS: usize = 64;
+/// Rounds stretch by at most this many intervals while the replica is unwell.
+const MAX_ROUND_STRETCH: u32 = 2;
+/// Every this many rounds on time, the local health score comes down a step.
+const HEALTHY_ROUNDS: u64 = 4;
 
 /// What probing needs: who to ask, where to record, where a restarted member's address
 /// goes to be verified again.
@@ -76,13 +81,17 @@ pub async fn run(prober: Prober) {
     let mut due = Instant::now();
     let mut round: u64 = 0;
     loop {
-        due += prober.interval * (prober.health.score() + 1);
+        // Rounds stretch less than suspicion does: an unwell replica still looks around.
+        due += prober.interval * (prober.health.score().min(MAX_ROUND_STRETCH) + 1);
         tokio::time::sleep_until(due.into()).await;
         // A round that starts late means this replica is starved: doubt itself a little
-        // more, and do not rush rounds to catch up.
+        // more, and do not rush rounds to catch up. Rounds on time restore its confidence
+        // slowly, even with nobody to answer.
         if due.elapsed() > prober.interval / 2 {
             prober.health.worse();
             due = Instant::now();
+        } else if round.is_multiple_of(HEALTHY_ROUNDS) {
+            prober.health.better();
         }
         prober.metrics.local_health(prober.health.score());
         while checks.try_join_next().is_some() {}
@@ -97,37 +106,71 @@ pub async fn run(prober: Prober) {
                 .collect()
         };
         let mut picks = rotation.next(&ids(&[State::Alive, State::Suspect]), fanout);
-        // Suspects are looked at every round until they answer or die, a few at a time.
-        let suspects = ids(&[State::Suspect]);
-        picks.extend(suspects.into_iter().take(fanout));
+        // Suspects are looked at every round until they answer or die (the table bounds
+        // them, and a check of one is never started twice).
+        picks.extend(ids(&[State::Suspect]));
+        let mut on_news = HashSet::new();
         while let Ok(id) = hinted.try_recv() {
-            if picks.len() < fanout * 3 && snapshot.member(&id).is_some() {
-                prober.metrics.news_check();
+            if on_news.len() < fanout * 2 && snapshot.member(&id).is_some() {
+                on_news.insert(id.clone());
                 picks.push(id);
             }
         }
         if round.is_multiple_of(GONE_PROBE_EVERY) {
-            picks.extend(gone_rotation.next(&ids(&[State::Dead, State::Left]), 1));
+            // A restarted member's address answers as its successor: nothing to learn.
+            let gone: Vec<String> = snapshot
+                .members
+                .iter()
+                .filter(|m| matches!(m.state, State::Dead | State::Left))
+                .filter(|m| m.replaced_by.is_none())
+                .map(|m| m.identity.instance_id.clone())
+                .collect();
+            picks.extend(gone_rotation.next(&gone, 1));
         }
         for id in picks {
             let Some(member) = snapshot.member(&id).cloned() else {
                 continue;
             };
             // One check per member at a time: a slow one does not pile up.
-            let fresh = checking
-                .lock()
-                .map(|mut c| c.insert(id.clone()))
-                .unwrap_or(false);
-            if !fresh {
+            let Some(in_flight) = InFlight::start(&checking, &id) else {
                 continue;
+            };
+            if on_news.contains(&id) {
+                prober.metrics.news_check();
             }
-            let (checker, checking) = (checker.clone(), checking.clone());
+            let checker = checker.clone();
             checks.spawn(async move {
+                // Dropped when the check ends, panics or is aborted.
+                let _in_flight = in_flight;
                 checker.check(&member).await;
-                if let Ok(mut c) = checking.lock() {
-                    c.remove(&id);
-                }
             });
+        }
+    }
+}
+
+/// A member's check in flight; its end (however it ends) frees the member for the next.
+struct InFlight {
+    checking: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl InFlight {
+    fn start(checking: &Arc<Mutex<HashSet<String>>>, id: &str) -> Option<InFlight> {
+        let fresh = checking
+            .lock()
+            .map(|mut c| c.insert(id.to_string()))
+            .unwrap_or(false);
+        fresh.then(|| InFlight {
+            checking: checking.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.checking.lock() {
+            c.remove(&self.id);
         }
     }
 }
@@ -169,7 +212,7 @@ impl Checker {
                 let news = std::mem::take(&mut reply.identity.news);
                 p.membership.probe_ok(reply.identity, reply.rtt_ms);
                 p.health.better();
-                self.hear(&news);
+                self.hear(member.identity.addr, &news);
             }
             // The other claimant of a shared address answered this time: no news about either.
             Ok(reply)
@@ -222,6 +265,7 @@ impl Checker {
             p.membership.probe_failed(id, error);
             return;
         }
+        // Each helper's opinion: reached it, could not, or no answer at all.
         let asks = helpers.iter().map(|helper| async move {
             let path = format!("/api/probe?id={id}");
             let body = p
@@ -231,34 +275,48 @@ impl Checker {
                 .await
                 .ok()?;
             let answer: IndirectProbe = serde_json::from_slice(&body).ok()?;
-            (answer.ok && answer.id == *id).then(|| helper.identity.name.clone())
+            (answer.id == *id).then_some((answer.ok, helper.identity.name.clone()))
         });
-        let reached = futures_util::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .next();
+        let opinions = futures_util::future::join_all(asks).await;
+        let reached = opinions.iter().flatten().find(|(ok, _)| *ok);
         p.metrics.indirect(reached.is_some());
-        match reached {
-            Some(via) => {
-                p.health.worse();
-                p.membership.reached_through(id, &via, error);
-            }
-            None => p.membership.probe_failed(
-                id,
-                format!("{error} (nor could {} other member(s))", helpers.len()),
-            ),
+        if let Some((_, via)) = reached {
+            // Others reach what this replica cannot: its own path, or itself, is unwell.
+            p.health.worse();
+            p.membership.reached_through(id, via, error);
+            return;
         }
+        // A helper that did not answer at all says more about this replica than about
+        // the member (Lifeguard's missed nack): doubt itself, so suspicion lasts longer.
+        let silent = opinions.iter().filter(|o| o.is_none()).count();
+        for _ in 0..silent {
+            p.health.worse();
+        }
+        let tried = opinions.len() - silent;
+        p.membership.probe_failed(
+            id,
+            format!(
+                "{error} (nor could {tried} of {} other member(s) asked)",
+                opinions.len()
+            ),
+        );
     }
 
     /// News from a member's answer: a member it says changed, that this replica sees
     /// otherwise, is checked out of turn; one this replica does not know is verified like
     /// a hello. Never taken on the word alone.
-    fn hear(&self, news: &[News]) {
+    fn hear(&self, teller: SocketAddr, news: &[News]) {
         let snapshot = self.prober.membership.snapshot();
+        let me = self.prober.verifier.me().addr();
         for piece in news.iter().take(PER_ANSWER) {
             let Some(member) = snapshot.member(&piece.instance_id) else {
-                if piece.state == Heard::Alive && piece.addr != self.prober.verifier.me().addr() {
+                // Only on the ports replicas use: news is no way to make a replica call
+                // any port of its network.
+                let port = piece.addr.port();
+                if piece.state == Heard::Alive
+                    && piece.addr != me
+                    && (port == me.port() || port == teller.port())
+                {
                     // Out of scope, busy or failed moments ago: the next mention will do.
                     let _ = self.prober.announcements.submit(piece.addr);
                 }
@@ -267,7 +325,7 @@ impl Checker {
             let differs = matches!(
                 (member.state, piece.state),
                 (State::Alive, Heard::Suspect | Heard::Dead | Heard::Left)
-                    | (State::Suspect, Heard::Alive)
+                    | (State::Suspect | State::Dead | State::Left, Heard::Alive)
             );
             if differs {
                 let _ = self.hints.try_send(piece.instance_id.clone());
@@ -289,8 +347,9 @@ fn helpers<'a>(snapshot: &'a Snapshot, target: &str) -> Vec<&'a Member> {
         .collect()
 }
 
-/// A probe waits at most this long for an answer: twice the round, at least half a second
-/// (a replica busy serving still answers within that), at most a second.
+/// A call to a peer (a probe among them) waits at most this long for an answer: four
+/// rounds, at least half a second (a replica busy serving still answers within that), at
+/// most a second.
 pub fn probe_timeout(interval: Duration) -> Duration {
-    (interval * 2).clamp(Duration::from_millis(500), Duration::from_secs(1))
+    (interval * 4).clamp(Duration::from_millis(500), Duration::from_secs(1))
 }

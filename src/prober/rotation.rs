@@ -30,15 +30,18 @@ impl Rotation {
         let mut picked: Vec<String> = Vec::with_capacity(n);
         while picked.len() < n.min(ids.len()) {
             if self.queue.is_empty() {
-                // A new pass, in a new order.
-                self.queue = ids
+                // A new pass, in a new order; those already picked this round come last
+                // (the queue is taken from its end).
+                let mut fresh: Vec<String> = ids
                     .iter()
                     .filter(|id| !picked.contains(id))
                     .cloned()
                     .collect();
-                self.queue.shuffle(&mut rng);
+                fresh.shuffle(&mut rng);
+                self.queue = picked.clone();
+                self.queue.extend(fresh);
                 self.pass = ids.iter().cloned().collect();
-                if self.queue.is_empty() {
+                if self.queue.len() == picked.len() {
                     break;
                 }
             }
@@ -71,6 +74,27 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, all, "one pass of 5 rounds probes each of 10 once");
+    }
+
+    #[test]
+    fn every_member_once_per_pass_across_pass_boundaries() {
+        let all = ids(5);
+        let mut rotation = Rotation::default();
+        // Rounds of 2 over 5: passes end mid-round. Over 10 passes each member is probed
+        // about 10 times, never twice within one round.
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..25 {
+            let round = rotation.next(&all, 2);
+            assert_eq!(round.len(), 2);
+            assert_ne!(round[0], round[1]);
+            for id in round {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        for id in &all {
+            let n = counts.get(id).copied().unwrap_or(0);
+            assert!((9..=11).contains(&n), "{id} probed {n} times in 10 passes");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::discovery::announce::Announce;
 use crate::drain::Drain;
 use crate::gossip::Rumours;
 use crate::identity::Me;
-use crate::membership::Membership;
+use crate::membership::{Membership, State as MemberState};
 use crate::proof;
 use crate::timeline::Timeline;
 use crate::verify::Verifier;
@@ -40,6 +40,7 @@ pub async fn identity(
     State(drain): State<Drain>,
     State(verifier): State<Verifier>,
     State(rumours): State<Rumours>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
     query: Result<Query<IdentityQuery>, QueryRejection>,
 ) -> Result<Json<Identity>, ApiError> {
     let Query(query) = query?;
@@ -57,7 +58,17 @@ pub async fn identity(
     }
     let snapshot = membership.snapshot();
     let mut identity = snapshot.published(me.identity(), drain.is_draining());
-    identity.news = rumours.for_answer(&snapshot);
+    // News (and the members it samples) only for a member asking from its own address:
+    // anyone else's calls would use up its retransmissions, or read the member list.
+    let member_asks = query.from.as_deref().is_some_and(|from| {
+        snapshot.member(from).is_some_and(|m| {
+            matches!(m.state, MemberState::Alive | MemberState::Suspect)
+                && m.identity.addr.ip().to_canonical() == caller.ip().to_canonical()
+        })
+    });
+    if member_asks {
+        identity.news = rumours.for_answer(&snapshot);
+    }
     if let (Some(nonce), Some(secret)) = (&query.nonce, verifier.secret()) {
         identity.proof = Some(proof::prove(
             secret,

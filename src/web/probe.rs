@@ -2,16 +2,18 @@
 //! a member asks a few others to try before it suspects it, so a one-way loss between two
 //! replicas is not a death.
 //!
-//! Anyone can ask, so the work is bounded by what is asked about, not by who asks: only a
-//! current member of this replica's own table is probed (never an address the caller
-//! names), and concurrent or repeated asks about one member share one probe for
-//! [`REUSE_FOR`].
+//! Only a live member asking from its own address is answered, only a current member of
+//! this replica's own table is probed (never an address the caller names), concurrent or
+//! repeated asks about one member share one probe for [`REUSE_FOR`], and probes run for
+//! others are limited in all (a refusal is a 429, never cached as an answer).
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
 use serde::Deserialize;
 
 use super::error::ApiError;
@@ -63,6 +65,7 @@ pub struct ProbeQuery {
 
 pub async fn probe(
     State(probing): State<Probing>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
     query: Result<Query<ProbeQuery>, QueryRejection>,
 ) -> Result<Json<IndirectProbe>, ApiError> {
     let Query(ProbeQuery { id }) = query?;
@@ -72,6 +75,16 @@ pub async fn probe(
         ));
     }
     let snapshot = probing.membership.snapshot();
+    let caller = caller.ip().to_canonical();
+    if !snapshot
+        .members
+        .iter()
+        .any(|m| m.state == MemberState::Alive && m.identity.addr.ip().to_canonical() == caller)
+    {
+        return Err(ApiError::Forbidden(
+            "only a live member of this replica's table may ask it to probe another".into(),
+        ));
+    }
     let Some(addr) = snapshot
         .member(&id)
         .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
@@ -81,20 +94,19 @@ pub async fn probe(
             "{id} is no live member of this replica's table"
         )));
     };
+    if let Some(answer) = probing.gate.recent.get(&id).await {
+        return Ok(Json(answer));
+    }
+    if probing.gate.all.check().is_err() {
+        return Err(ApiError::TooMany(
+            "too many indirect probes asked of this replica; try later".into(),
+        ));
+    }
     let verifier = probing.verifier.clone();
-    let gate = probing.gate.clone();
     let answer = probing
         .gate
         .recent
         .get_with(id.clone(), async move {
-            if gate.all.check().is_err() {
-                return IndirectProbe {
-                    id,
-                    ok: false,
-                    rtt_ms: None,
-                    error: Some("too many indirect probes asked of this replica".into()),
-                };
-            }
             match verifier.ask(addr).await {
                 Ok(reply) if reply.identity.instance_id == id => IndirectProbe {
                     id,

@@ -247,8 +247,10 @@ async fn the_indirect_probe_answers_only_for_members_of_its_own_table() {
     let (a, b) = (Replica::start(2, port, &[]), Replica::start(3, port, &[]));
     wait_until_all_see(&[&a, &b]).await;
     let b_id = instance_id(&b).await;
-    let client = crate::common::client();
-    let status = |path: String| {
+    // Asked from b's address, as a member asks; then from an address that is no member's.
+    let member = crate::common::client_from(b.addr.ip(), Duration::from_secs(3));
+    let stranger = crate::common::client_from(crate::common::ip(1), Duration::from_secs(3));
+    let ask = |client: &reqwest::Client, path: String| {
         let client = client.clone();
         let url = a.url(&path);
         async move {
@@ -257,6 +259,7 @@ async fn the_indirect_probe_answers_only_for_members_of_its_own_table() {
             (code, r.text().await.unwrap_or_default())
         }
     };
+    let status = |path: String| ask(&member, path);
     let (code, body) = status(format!("/api/probe?id={b_id}")).await;
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).expect("json");
@@ -272,4 +275,36 @@ async fn the_indirect_probe_answers_only_for_members_of_its_own_table() {
         assert_eq!(code, want, "{path}: {body}");
         assert!(!body.is_empty(), "{path}: a reason");
     }
+    let (code, body) = ask(&stranger, format!("/api/probe?id={b_id}")).await;
+    assert_eq!(code, 403, "a stranger may not make a replica probe: {body}");
+    // News rides only on answers to members asking from their own address.
+    let a_id = instance_id(&a).await;
+    let news_for = |client: &reqwest::Client, from: String| {
+        let (client, url) = (client.clone(), a.url(&format!("/api/identity?from={from}")));
+        async move {
+            let body: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("a answers")
+                .json()
+                .await
+                .expect("json");
+            body["news"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert!(
+        news_for(&member, b_id.clone()).await > 0,
+        "b, a member, gets news"
+    );
+    assert_eq!(
+        news_for(&stranger, b_id.clone()).await,
+        0,
+        "b's id from elsewhere"
+    );
+    assert_eq!(
+        news_for(&member, a_id).await,
+        0,
+        "not a member of a's own table"
+    );
 }
