@@ -14,7 +14,9 @@ use ipnet::Ipv4Net;
 use super::candidate::{Candidate, CandidateQueue};
 use super::report::Report;
 use super::source::{Round, Source};
-use super::sweep::{Order, Pass, PassCost, SweepCost, sweep, tcp_connect};
+use super::sweep::{
+    Order, Pass, PassCost, Settled, SweepCost, fast_pass, patient_pass, tcp_connect,
+};
 use crate::config::{ScanCidrs, Settings};
 use crate::identity::{Me, Platform};
 use crate::membership::{Membership, Snapshot};
@@ -155,7 +157,23 @@ pub struct Scan {
     candidates: CandidateQueue,
     /// Where members were seen: their /24s are scanned early.
     membership: Membership,
+    /// A fast pass ended the last round: the patient pass is the next one, at once.
+    after_fast: Option<AfterFast>,
     metrics: Metrics,
+}
+
+/// What a fast pass leaves the patient pass that follows it.
+struct AfterFast {
+    order: Order,
+    cost: PassCost,
+    settled: Settled,
+}
+
+/// One round of the scan: a fast pass is a round of its own, so its hits are reported
+/// without waiting seconds for the patient pass.
+pub enum ScanRound {
+    Fast(PassCost),
+    Done(SweepCost),
 }
 
 impl Scan {
@@ -180,6 +198,7 @@ impl Scan {
             early: EARLY_RESCANS.iter(),
             candidates,
             membership,
+            after_fast: None,
             metrics,
         };
         let (ranges, addresses) = (describe(&scan.nets), scan.total());
@@ -215,6 +234,15 @@ impl Scan {
         )
     }
 
+    fn order(&self) -> Order {
+        Order {
+            nets: self.nets.clone(),
+            ports: self.ports.clone(),
+            me: self.me,
+            seen: self.seen_24s(),
+        }
+    }
+
     /// The /24s of the members this replica knows of, in any state: a pod seen there once
     /// says the platform places pods there.
     fn seen_24s(&self) -> HashSet<u32> {
@@ -231,80 +259,129 @@ impl Scan {
 }
 
 impl Source for Scan {
-    type Found = SweepCost;
+    type Found = ScanRound;
     const METHOD: Method = Method::Scan;
 
-    async fn gather(&mut self) -> Round<SweepCost> {
-        let order = Order {
-            nets: self.nets.clone(),
-            ports: self.ports.clone(),
-            me: self.me,
-            seen: self.seen_24s(),
-        };
+    async fn gather(&mut self) -> Round<ScanRound> {
         // A full queue or a closed one: the runner sends what is left, waiting for room.
         let mut left = Vec::new();
         let queue = self.candidates.clone();
-        let cost = sweep(&order, self.fast(), self.patient(), tcp_connect, |addr| {
+        let on_hit = |addr| {
             if let Err(e) = queue.try_send(Candidate::new(addr, Method::Scan)) {
                 left.push(e.into_inner());
             }
-        })
-        .await;
-        self.metrics.scan(cost.took(), self.total());
+        };
+        let found = match (self.after_fast.take(), self.fast()) {
+            (Some(after), _) => {
+                let patient = patient_pass(
+                    &after.order,
+                    self.patient(),
+                    &after.settled,
+                    &tcp_connect,
+                    on_hit,
+                )
+                .await;
+                ScanRound::Done(SweepCost {
+                    fast: Some(after.cost),
+                    patient,
+                })
+            }
+            (None, Some(fast)) => {
+                let order = self.order();
+                let (cost, settled) = fast_pass(&order, fast, &tcp_connect, on_hit).await;
+                self.after_fast = Some(AfterFast {
+                    order,
+                    cost,
+                    settled,
+                });
+                ScanRound::Fast(cost)
+            }
+            (None, None) => {
+                let order = self.order();
+                let patient = patient_pass(
+                    &order,
+                    self.patient(),
+                    &Settled::new(),
+                    &tcp_connect,
+                    on_hit,
+                )
+                .await;
+                ScanRound::Done(SweepCost {
+                    fast: None,
+                    patient,
+                })
+            }
+        };
+        if let ScanRound::Done(cost) = &found {
+            self.metrics.scan(cost.took(), self.total());
+        }
         Round {
-            found: cost,
+            found,
             candidates: left,
         }
     }
 
     /// A connect is the whole finding: nothing to wait for.
-    fn settle(&self, _: &SweepCost) -> Duration {
+    fn settle(&self, _: &ScanRound) -> Duration {
         Duration::ZERO
     }
 
-    fn judge(&mut self, cost: SweepCost, _: &Snapshot) -> Report {
+    fn judge(&mut self, round: ScanRound, _: &Snapshot) -> Report {
+        let (passes, accepted) = match &round {
+            ScanRound::Fast(fast) => (
+                format!(
+                    "{} The patient pass over the silent ones is under way.",
+                    describe_pass("Fast pass", fast)
+                ),
+                fast.accepted,
+            ),
+            ScanRound::Done(cost) => (describe_cost(cost), cost.accepted()),
+        };
         Report {
             detail: format!(
-                "{} addresses in {} on port {}, this replica's /24 first. {} {} accepted a connection.",
+                "{} addresses in {} on port {}, this replica's /24 first. {passes} {accepted} accepted a connection.",
                 self.total(),
                 describe(&self.nets),
                 join(&self.ports),
-                describe_cost(&cost),
-                cost.accepted(),
             ),
             ..Report::default()
         }
     }
 
+    /// The patient pass follows a fast pass at once; early rescans, then the interval.
     fn pause(&mut self, _took: Duration) -> Duration {
+        if self.after_fast.is_some() {
+            return Duration::ZERO;
+        }
         self.early.next().map_or(self.interval, |&s| {
             Duration::from_secs(s).min(self.interval)
         })
     }
 }
 
-/// What the passes asked and cost, for the discovery report.
+/// One pass's addresses, waves, time and hits, for the discovery report.
+fn describe_pass(name: &str, p: &PassCost) -> String {
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{name}: {} at {} ms, up to {} in flight ({}), {} ms, {} accepted.",
+        plural(p.addresses, "address", "addresses"),
+        p.pass.timeout.as_millis(),
+        p.pass.in_flight,
+        plural(p.waves(), "wave", "waves"),
+        p.took.as_millis(),
+        p.accepted,
+    )
+}
+
+/// What both passes asked and cost, for the discovery report.
 fn describe_cost(cost: &SweepCost) -> String {
-    let pass = |name: &str, p: &PassCost| {
-        let plural =
-            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-        format!(
-            "{name}: {} at {} ms, up to {} in flight ({}), {} ms, {} accepted.",
-            plural(p.addresses, "address", "addresses"),
-            p.pass.timeout.as_millis(),
-            p.pass.in_flight,
-            plural(p.waves(), "wave", "waves"),
-            p.took.as_millis(),
-            p.accepted,
-        )
-    };
     match &cost.fast {
         Some(fast) => format!(
             "{} {}",
-            pass("Fast pass", fast),
-            pass("Patient pass over the silent ones", &cost.patient)
+            describe_pass("Fast pass", fast),
+            describe_pass("Patient pass over the silent ones", &cost.patient)
         ),
-        None => pass("One pass", &cost.patient),
+        None => describe_pass("One pass", &cost.patient),
     }
 }
 

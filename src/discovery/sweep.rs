@@ -192,8 +192,57 @@ where
     }
 }
 
-/// One round: the fast pass (if any) over the whole order, then the patient pass over
-/// what stayed silent. `on_hit` hears of each accepting address once, as it accepts.
+/// Addresses the fast pass heard from (they accepted or refused): the patient pass skips
+/// them. At most [`MAX_SETTLED`]; past that, some are asked twice, and a hit handed on
+/// twice is only verified twice.
+pub type Settled = HashSet<SocketAddr>;
+
+/// The fast pass over the whole order; `on_hit` hears of each accepting address at once.
+pub async fn fast_pass<C, F>(
+    order: &Order,
+    pass: Pass,
+    connect: &C,
+    mut on_hit: impl FnMut(SocketAddr),
+) -> (PassCost, Settled)
+where
+    C: Fn(SocketAddr, Duration) -> F,
+    F: Future<Output = Answer>,
+{
+    let mut settled = Settled::new();
+    let cost = run_pass(order.targets(), pass, connect, |addr, answer| {
+        if answer == Answer::Accepted {
+            on_hit(addr);
+        }
+        if answer != Answer::Silent && settled.len() < MAX_SETTLED {
+            settled.insert(addr);
+        }
+    })
+    .await;
+    (cost, settled)
+}
+
+/// The patient pass over what the fast pass did not hear from (everything, without one).
+pub async fn patient_pass<C, F>(
+    order: &Order,
+    pass: Pass,
+    settled: &Settled,
+    connect: &C,
+    mut on_hit: impl FnMut(SocketAddr),
+) -> PassCost
+where
+    C: Fn(SocketAddr, Duration) -> F,
+    F: Future<Output = Answer>,
+{
+    let silent = order.targets().filter(|a| !settled.contains(a));
+    run_pass(silent, pass, connect, |addr, answer| {
+        if answer == Answer::Accepted {
+            on_hit(addr);
+        }
+    })
+    .await
+}
+
+/// Both passes back to back (the fast one only when given).
 pub async fn sweep<C, F>(
     order: &Order,
     fast: Option<Pass>,
@@ -205,29 +254,14 @@ where
     C: Fn(SocketAddr, Duration) -> F,
     F: Future<Output = Answer>,
 {
-    let mut settled: HashSet<SocketAddr> = HashSet::new();
-    let fast = match fast {
-        Some(pass) => Some(
-            run_pass(order.targets(), pass, &connect, |addr, answer| {
-                if answer == Answer::Accepted {
-                    on_hit(addr);
-                }
-                if answer != Answer::Silent && settled.len() < MAX_SETTLED {
-                    settled.insert(addr);
-                }
-            })
-            .await,
-        ),
-        None => None,
-    };
-    let silent = order.targets().filter(|a| !settled.contains(a));
-    let patient = run_pass(silent, patient, &connect, |addr, answer| {
-        // An address the fast pass found but could not remember is not handed on twice.
-        if answer == Answer::Accepted && !settled.contains(&addr) {
-            on_hit(addr);
+    let (fast, settled) = match fast {
+        Some(pass) => {
+            let (cost, settled) = fast_pass(order, pass, &connect, &mut on_hit).await;
+            (Some(cost), settled)
         }
-    })
-    .await;
+        None => (None, Settled::new()),
+    };
+    let patient = patient_pass(order, patient, &settled, &connect, on_hit).await;
     SweepCost { fast, patient }
 }
 
