@@ -22,7 +22,7 @@ use crate::discovery::candidate::{self, Candidate};
 use crate::discovery::dns::{self, Dns};
 use crate::discovery::registry::Registry;
 use crate::discovery::report::{Report, Reports};
-use crate::discovery::scan::{self, Scan};
+use crate::discovery::scan::{self, InFlight, Scan};
 use crate::discovery::seed::Seed;
 use crate::discovery::source::{self, Context};
 use crate::drain::{self, Drain};
@@ -303,8 +303,15 @@ impl Background {
             metrics: s.metrics.clone(),
             cancel: stop.clone(),
         };
-        let concurrency = scan_concurrency(settings.scan_concurrency as usize);
-        let scan = Scan::new(settings, &s.me, concurrency, s.metrics.clone());
+        let in_flight = scan_in_flight(settings.scan_concurrency as usize);
+        let scan = Scan::new(
+            settings,
+            &s.me,
+            in_flight,
+            self.candidate_queue.clone(),
+            s.membership.clone(),
+            s.metrics.clone(),
+        );
         spawn(Box::pin(source::run(scan, context.clone())));
         let resolver = match dns::resolver(settings.dns_server) {
             Ok(resolver) => Some(Arc::new(resolver)),
@@ -383,10 +390,9 @@ const TASKS_STOP_WITHIN: Duration = Duration::from_secs(1);
 
 /// Each scan connect holds a file descriptor: raise the limit, and never plan more connects
 /// than it allows.
-fn scan_concurrency(wanted: usize) -> usize {
+fn scan_in_flight(wanted: usize) -> InFlight {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let spare = (limit as usize).saturating_sub(256).max(16);
-    wanted.min(spare)
+    InFlight::from_limit(wanted, limit)
 }
 
 /// Tells every live member we are leaving, so they mark us `left` at once instead of

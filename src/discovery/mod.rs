@@ -21,3 +21,4 @@ pub mod report;
 pub mod scan;
 pub mod seed;
 pub mod source;
+pub mod sweep;

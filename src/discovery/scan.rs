@@ -1,22 +1,25 @@
 //! The subnet scan: TCP connects to every address of the planned ranges on the service
-//! ports; whatever accepts becomes a candidate.
+//! ports; whatever accepts becomes a candidate (how a round spends its connects is in
+//! [`super::sweep`]).
 //!
 //! Scanning sends connects to whole ranges, so [`plan`] is strict: it names a range only
 //! where the settings do, or where the `auto` rule says scanning is safe and useful.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::StreamExt;
 use ipnet::Ipv4Net;
-use tokio::net::TcpStream;
 
-use super::candidate::Candidate;
+use super::candidate::{Candidate, CandidateQueue};
 use super::report::Report;
 use super::source::{Round, Source};
+use super::sweep::{
+    Order, Pass, PassCost, Settled, SweepCost, fast_pass, patient_pass, tcp_connect,
+};
 use crate::config::{ScanCidrs, Settings};
 use crate::identity::{Me, Platform};
-use crate::membership::Snapshot;
+use crate::membership::{Membership, Snapshot};
 use crate::metrics::Metrics;
 use crate::wire::Method;
 
@@ -109,23 +112,34 @@ pub fn target_count(nets: &[Ipv4Net], ports: &[u16]) -> u64 {
     hosts * ports.len() as u64
 }
 
-/// One pass: connects to every target with bounded concurrency, returns those that accepted.
-pub async fn scan_once(
-    targets: impl Iterator<Item = SocketAddr>,
-    concurrency: usize,
-    timeout: Duration,
-) -> Vec<SocketAddr> {
-    futures_util::stream::iter(targets)
-        .map(|addr| async move {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(_stream)) => Some(addr),
-                _ => None,
-            }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .filter_map(|hit| async move { hit })
-        .collect()
-        .await
+/// Connect timeout of the fast pass: a pod network answers in well under a millisecond;
+/// this leaves room for a busy scheduler on either side.
+pub const FAST_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// Fast-pass connects in flight at most: one wave covers the 16,256 addresses `auto` plans.
+/// (Connects start in small batches, so a large cap does not delay the first hit.)
+pub const FAST_IN_FLIGHT: usize = 16_384;
+
+/// File descriptors kept for everything but the scan (clients, peers, the registry).
+const FD_RESERVE: u64 = 256;
+
+/// Connects in flight per pass, sized from the (raised) file-descriptor limit: the patient
+/// pass gets what SCAN_CONCURRENCY asks for if the limit allows; the fast pass, whose
+/// connects live only milliseconds, up to three quarters of what the limit leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub fast: usize,
+    pub patient: usize,
+}
+
+impl InFlight {
+    pub fn from_limit(wanted: usize, fd_limit: u64) -> InFlight {
+        let spare = fd_limit.saturating_sub(FD_RESERVE).max(16) as usize;
+        InFlight {
+            fast: FAST_IN_FLIGHT.min(spare / 4 * 3).max(16),
+            patient: wanted.clamp(1, spare),
+        }
+    }
 }
 
 /// The scan method: its plan, and where it is in its early rescans.
@@ -133,13 +147,33 @@ pub struct Scan {
     nets: Vec<Ipv4Net>,
     ports: Vec<u16>,
     me: SocketAddr,
-    concurrency: usize,
+    in_flight: InFlight,
     timeout: Duration,
     interval: Duration,
     /// Replicas that start together may each scan before the others listen: look again
     /// soon after start-up, then settle into the interval.
     early: std::slice::Iter<'static, u64>,
+    /// Hits go straight to the verifier as they accept, not at the end of the round.
+    candidates: CandidateQueue,
+    /// Where members were seen: their /24s are scanned early.
+    membership: Membership,
+    /// A fast pass ended the last round: the patient pass is the next one, at once.
+    after_fast: Option<AfterFast>,
     metrics: Metrics,
+}
+
+/// What a fast pass leaves the patient pass that follows it.
+struct AfterFast {
+    order: Order,
+    cost: PassCost,
+    settled: Settled,
+}
+
+/// One round of the scan: a fast pass is a round of its own, so its hits are reported
+/// without waiting seconds for the patient pass.
+pub enum ScanRound {
+    Fast(PassCost),
+    Done(SweepCost),
 }
 
 impl Scan {
@@ -147,7 +181,9 @@ impl Scan {
     pub fn new(
         settings: &Settings,
         me: &Me,
-        concurrency: usize,
+        in_flight: InFlight,
+        candidates: CandidateQueue,
+        membership: Membership,
         metrics: Metrics,
     ) -> Result<Scan, String> {
         let nets = plan(&settings.scan_cidrs, me.addr().ip(), &me.platform)?;
@@ -156,10 +192,13 @@ impl Scan {
             nets,
             ports,
             me: me.addr(),
-            concurrency,
+            in_flight,
             timeout: settings.scan_timeout,
             interval: settings.scan_interval,
             early: EARLY_RESCANS.iter(),
+            candidates,
+            membership,
+            after_fast: None,
             metrics,
         };
         let (ranges, addresses) = (describe(&scan.nets), scan.total());
@@ -176,42 +215,132 @@ impl Scan {
     fn total(&self) -> u64 {
         target_count(&self.nets, &self.ports)
     }
+
+    fn patient(&self) -> Pass {
+        Pass {
+            timeout: self.timeout,
+            in_flight: self.in_flight.patient,
+        }
+    }
+
+    /// A fast pass only pays where the patient pass needs more than one wave (in one wave
+    /// every hit is handed on the moment it accepts anyway) and its timeout is shorter.
+    fn fast(&self) -> Option<Pass> {
+        (self.total() > self.in_flight.patient as u64 && self.timeout > FAST_TIMEOUT).then_some(
+            Pass {
+                timeout: FAST_TIMEOUT,
+                in_flight: self.in_flight.fast,
+            },
+        )
+    }
+
+    fn order(&self) -> Order {
+        Order {
+            nets: self.nets.clone(),
+            ports: self.ports.clone(),
+            me: self.me,
+            seen: self.seen_24s(),
+        }
+    }
+
+    /// The /24s of the members this replica knows of, in any state: a pod seen there once
+    /// says the platform places pods there.
+    fn seen_24s(&self) -> HashSet<u32> {
+        self.membership
+            .snapshot()
+            .members
+            .iter()
+            .filter_map(|m| match m.identity.addr.ip() {
+                IpAddr::V4(ip) => Some(u32::from(ip) >> 8),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
 }
 
 impl Source for Scan {
-    /// The addresses that accepted a connection.
-    type Found = usize;
+    type Found = ScanRound;
     const METHOD: Method = Method::Scan;
 
-    async fn gather(&mut self) -> Round<usize> {
-        let me = self.me;
-        let started = Instant::now();
-        let hits = scan_once(
-            targets(&self.nets, &self.ports).filter(|a| *a != me),
-            self.concurrency,
-            self.timeout,
-        )
-        .await;
-        self.metrics.scan(started.elapsed(), self.total());
+    async fn gather(&mut self) -> Round<ScanRound> {
+        // A full queue or a closed one: the runner sends what is left, waiting for room.
+        let mut left = Vec::new();
+        let queue = self.candidates.clone();
+        let on_hit = |addr| {
+            if let Err(e) = queue.try_send(Candidate::new(addr, Method::Scan)) {
+                left.push(e.into_inner());
+            }
+        };
+        let found = match (self.after_fast.take(), self.fast()) {
+            (Some(after), _) => {
+                let patient = patient_pass(
+                    &after.order,
+                    self.patient(),
+                    &after.settled,
+                    &tcp_connect,
+                    on_hit,
+                )
+                .await;
+                ScanRound::Done(SweepCost {
+                    fast: Some(after.cost),
+                    patient,
+                })
+            }
+            (None, Some(fast)) => {
+                let order = self.order();
+                let (cost, settled) = fast_pass(&order, fast, &tcp_connect, on_hit).await;
+                self.after_fast = Some(AfterFast {
+                    order,
+                    cost,
+                    settled,
+                });
+                ScanRound::Fast(cost)
+            }
+            (None, None) => {
+                let order = self.order();
+                let patient = patient_pass(
+                    &order,
+                    self.patient(),
+                    &Settled::new(),
+                    &tcp_connect,
+                    on_hit,
+                )
+                .await;
+                ScanRound::Done(SweepCost {
+                    fast: None,
+                    patient,
+                })
+            }
+        };
+        if let ScanRound::Done(cost) = &found {
+            self.metrics.scan(cost.took(), self.total());
+        }
         Round {
-            found: hits.len(),
-            candidates: hits
-                .into_iter()
-                .map(|addr| Candidate::new(addr, Method::Scan))
-                .collect(),
+            found,
+            candidates: left,
         }
     }
 
     /// A connect is the whole finding: nothing to wait for.
-    fn settle(&self, _: &usize) -> Duration {
+    fn settle(&self, _: &ScanRound) -> Duration {
         Duration::ZERO
     }
 
-    fn judge(&mut self, hits: usize, _: &Snapshot) -> Report {
-        let total = self.total();
+    fn judge(&mut self, round: ScanRound, _: &Snapshot) -> Report {
+        let (passes, accepted) = match &round {
+            ScanRound::Fast(fast) => (
+                format!(
+                    "{} The patient pass over the silent ones is under way.",
+                    describe_pass("Fast pass", fast)
+                ),
+                fast.accepted,
+            ),
+            ScanRound::Done(cost) => (describe_cost(cost), cost.accepted()),
+        };
         Report {
             detail: format!(
-                "{total} addresses in {} on port {}: {hits} accepted a connection",
+                "{} addresses in {} on port {}, this replica's /24 first. {passes} {accepted} accepted a connection.",
+                self.total(),
                 describe(&self.nets),
                 join(&self.ports),
             ),
@@ -219,10 +348,40 @@ impl Source for Scan {
         }
     }
 
+    /// The patient pass follows a fast pass at once; early rescans, then the interval.
     fn pause(&mut self, _took: Duration) -> Duration {
+        if self.after_fast.is_some() {
+            return Duration::ZERO;
+        }
         self.early.next().map_or(self.interval, |&s| {
             Duration::from_secs(s).min(self.interval)
         })
+    }
+}
+
+/// One pass's addresses, waves, time and hits, for the discovery report.
+fn describe_pass(name: &str, p: &PassCost) -> String {
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{name}: {} at {} ms, up to {} in flight ({}), {} ms, {} accepted.",
+        plural(p.addresses, "address", "addresses"),
+        p.pass.timeout.as_millis(),
+        p.pass.in_flight,
+        plural(p.waves(), "wave", "waves"),
+        p.took.as_millis(),
+        p.accepted,
+    )
+}
+
+/// What both passes asked and cost, for the discovery report.
+fn describe_cost(cost: &SweepCost) -> String {
+    match &cost.fast {
+        Some(fast) => format!(
+            "{} {}",
+            describe_pass("Fast pass", fast),
+            describe_pass("Patient pass over the silent ones", &cost.patient)
+        ),
+        None => describe_pass("One pass", &cost.patient),
     }
 }
 
@@ -330,15 +489,38 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn scan_finds_a_listener_on_loopback() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let nets = vec![
-            "127.0.0.1/32".parse().unwrap(),
-            "127.0.0.0/30".parse().unwrap(),
-        ];
-        let hits = scan_once(targets(&nets, &[port]), 8, Duration::from_millis(250)).await;
-        assert_eq!(hits, vec![SocketAddr::from(([127, 0, 0, 1], port)); 2]);
+    #[test]
+    fn in_flight_follows_the_descriptor_limit() {
+        let roomy = InFlight::from_limit(2048, 1 << 20);
+        assert_eq!(
+            roomy,
+            InFlight {
+                fast: FAST_IN_FLIGHT,
+                patient: 2048
+            }
+        );
+        // A tight limit: the fast pass leaves a quarter for everything else.
+        assert_eq!(
+            InFlight::from_limit(2048, 20_000),
+            InFlight {
+                fast: 14_808,
+                patient: 2048
+            }
+        );
+        let tight = InFlight::from_limit(2048, 1024);
+        assert_eq!(
+            tight,
+            InFlight {
+                fast: 576,
+                patient: 768
+            }
+        );
+        assert_eq!(
+            InFlight::from_limit(0, 0),
+            InFlight {
+                fast: 16,
+                patient: 1
+            }
+        );
     }
 }

@@ -21,6 +21,7 @@ mod page;
 mod peer;
 mod registry;
 mod router;
+mod scan_speed;
 mod screens;
 mod sim;
 mod swim;
