@@ -85,32 +85,7 @@ pub fn is_private(ip: Ipv4Addr) -> bool {
     ip.is_private() || cgnat
 }
 
-/// Every address a scan of `nets` touches: the hosts of each net (a /32 is its one address).
-pub fn targets(nets: &[Ipv4Net], ports: &[u16]) -> impl Iterator<Item = SocketAddr> {
-    let nets = nets.to_vec();
-    let ports = ports.to_vec();
-    nets.into_iter().flat_map(move |n| {
-        let ports = ports.clone();
-        n.hosts().flat_map(move |ip| {
-            ports
-                .clone()
-                .into_iter()
-                .map(move |p| SocketAddr::from((ip, p)))
-        })
-    })
-}
-
-pub fn target_count(nets: &[Ipv4Net], ports: &[u16]) -> u64 {
-    let hosts: u64 = nets
-        .iter()
-        .map(|n| match n.prefix_len() {
-            32 => 1,
-            31 => 2,
-            p => (1u64 << (32 - p)) - 2,
-        })
-        .sum();
-    hosts * ports.len() as u64
-}
+pub use super::sweep::{target_count, targets};
 
 /// Connect timeout of the fast pass: a pod network answers in well under a millisecond;
 /// this leaves room for a busy scheduler on either side.

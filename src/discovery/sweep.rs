@@ -16,7 +16,32 @@ use futures_util::stream::FuturesUnordered;
 use ipnet::Ipv4Net;
 use tokio::net::TcpStream;
 
-use super::scan::targets;
+/// Every address a scan of `nets` touches: the hosts of each net (a /32 is its one address).
+pub fn targets(nets: &[Ipv4Net], ports: &[u16]) -> impl Iterator<Item = SocketAddr> {
+    let nets = nets.to_vec();
+    let ports = ports.to_vec();
+    nets.into_iter().flat_map(move |n| {
+        let ports = ports.clone();
+        n.hosts().flat_map(move |ip| {
+            ports
+                .clone()
+                .into_iter()
+                .map(move |p| SocketAddr::from((ip, p)))
+        })
+    })
+}
+
+pub fn target_count(nets: &[Ipv4Net], ports: &[u16]) -> u64 {
+    let hosts: u64 = nets
+        .iter()
+        .map(|n| match n.prefix_len() {
+            32 => 1,
+            31 => 2,
+            p => (1u64 << (32 - p)) - 2,
+        })
+        .sum();
+    hosts * ports.len() as u64
+}
 
 /// Addresses a round remembers as answered (so the patient pass skips them) at most; past
 /// this the patient pass asks some of them again, which costs connects, not memory.

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::mesh_summary::{FULL_VIEW_MAX, RowSummary};
-use super::page::{ago, esc, rtt_class};
 use super::status::{MemberView, Status};
+use super::text::{ago, esc, hue, rtt_class};
 use crate::discovery::report::Evidence;
 use crate::membership::State;
 use crate::wire::MethodStatus;
@@ -151,7 +151,7 @@ pub fn mesh_html(s: &Status, labels: &BTreeMap<&str, &str>) -> String {
             "<tr><th title=\"{} ({})\" style=\"--hue: {}\">{}</th><td class=\"none\" colspan=\"3\">row not read ({})</td></tr>",
             esc(&m.name),
             m.state.as_str(),
-            super::page::hue(&m.instance_id),
+            hue(&m.instance_id),
             label(&m.instance_id),
             m.state.as_str(),
         );
@@ -187,7 +187,7 @@ pub fn mesh_html(s: &Status, labels: &BTreeMap<&str, &str>) -> String {
         html += &format!(
             "<tr><th title=\"{}\" style=\"--hue: {}\">{}</th>{reaches}{slowest}<td class=\"{reached_class}\">{} / {}</td></tr>",
             esc(&name(&r.instance_id)),
-            super::page::hue(&r.instance_id),
+            hue(&r.instance_id),
             label(&r.instance_id),
             r.reached_by,
             r.probed_by,

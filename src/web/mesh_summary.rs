@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::status::MemberView;
 use crate::membership::State;
 use crate::wire::MeshCell;
 
@@ -71,6 +70,9 @@ pub struct MeshSummary {
     pub rows: Vec<RowSummary>,
 }
 
+/// The members a summary is about: every member's id and state, this replica included.
+pub type Members<'a> = [(&'a str, State)];
+
 /// A row as it was published: whose, and its cells by the instance id probed.
 pub type Row<'a> = (&'a str, &'a BTreeMap<String, MeshCell>);
 
@@ -78,7 +80,7 @@ pub type Row<'a> = (&'a str, &'a BTreeMap<String, MeshCell>);
 /// alive members' published rows: every row, copied, up to [`FULL_VIEW_MAX`] members; past
 /// it, the own row and a summary of each, without copying the others' N² cells.
 pub fn mesh_fields(
-    members: &[MemberView],
+    members: &Members,
     own: (&str, BTreeMap<String, MeshCell>),
     others: &[Row],
 ) -> (
@@ -108,11 +110,11 @@ pub fn mesh_fields(
 }
 
 /// The summaries of `rows`, the worst first.
-pub fn summarize(members: &[MemberView], rows: &[Row]) -> Vec<RowSummary> {
+pub fn summarize(members: &Members, rows: &[Row]) -> Vec<RowSummary> {
     let current: BTreeMap<&str, ()> = members
         .iter()
-        .filter(|m| matches!(m.state, State::Alive | State::Suspect))
-        .map(|m| (m.instance_id.as_str(), ()))
+        .filter(|(_, state)| matches!(state, State::Alive | State::Suspect))
+        .map(|(id, _)| (*id, ()))
         .collect();
     // Each current member's column: (rows that probe it, rows that reach it).
     let mut columns: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -184,6 +186,7 @@ pub fn worst_first(rows: &mut [RowSummary]) {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::web::status::MemberView;
 
     /// A member view of `id`, named `pod-<id>`.
     pub fn member(id: &str, state: State) -> MemberView {
@@ -213,7 +216,7 @@ pub mod tests {
 
     #[test]
     fn a_row_counts_current_members_only_and_names_whom_it_misses() {
-        let members = vec![
+        let members = [
             member("a", State::Alive),
             member("b", State::Alive),
             member("c", State::Alive),
@@ -243,6 +246,10 @@ pub mod tests {
         .map(|(id, r)| (id.to_string(), r))
         .collect();
         let rows: Vec<Row> = mesh.iter().map(|(id, r)| (id.as_str(), r)).collect();
+        let members: Vec<(&str, State)> = members
+            .iter()
+            .map(|m| (m.instance_id.as_str(), m.state))
+            .collect();
         let rows = summarize(&members, &rows);
         let order: Vec<&str> = rows.iter().map(|r| r.instance_id.as_str()).collect();
         // b fails a call; c is missed by b; a is the slowest of the rest.

@@ -16,6 +16,7 @@ mod probe;
 pub mod serve;
 pub mod state;
 pub mod status;
+mod text;
 mod timeline_lines;
 
 use std::time::{Duration, Instant};

@@ -20,6 +20,8 @@ use super::large_view;
 use super::mesh_summary;
 use super::negotiate::{accepts, wants_html};
 use super::status::{MemberView, MethodView, Status, StatusSources};
+pub use super::text::{ago, hue, mib};
+use super::text::{esc, rtt_class};
 use super::timeline_lines::{Line, lines};
 use crate::broadcast::{Broadcaster, Message};
 use crate::client::PeerClient;
@@ -306,30 +308,8 @@ impl PageViews {
     }
 }
 
-/// Hues replicas are drawn in: cyans, blues, violets and purples, clear of the status
-/// colours (red, amber and green mean dead, suspect and alive on this page, and nothing
-/// else), and far enough apart to tell.
-const REPLICA_HUES: [u32; 8] = [195, 210, 225, 240, 255, 270, 285, 300];
-
-/// A stable colour per replica, so rotation is visible at a glance. The page carries it
-/// (`--hue`, and `data-hue` on the hero, which the strip of answers reuses).
-pub fn hue(instance_id: &str) -> u32 {
-    // FNV-1a: tiny and stable across builds and platforms.
-    let hash = instance_id.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    REPLICA_HUES[hash as usize % REPLICA_HUES.len()]
-}
-
 /// Lines of the timeline shown: the latest happenings, not the whole history.
 const TIMELINE_LINES: usize = 30;
-
-/// Text for HTML built by hand.
-pub(super) fn esc(s: &str) -> String {
-    askama::filters::escape(s, askama::filters::Html)
-        .map(|e| e.to_string())
-        .unwrap_or_default()
-}
 
 /// Each member's short label, in order (see [`short_labels`]). A restart leaves its old
 /// instance (dead or left) beside the new one under one name: they share the name's
@@ -381,33 +361,10 @@ fn mesh_header(m: &MemberView, label: &str) -> String {
     )
 }
 
-/// Direct calls under a millisecond are fast on any network; over five, slow.
-pub(super) fn rtt_class(rtt_ms: f64) -> &'static str {
-    if rtt_ms < 1.0 {
-        "fast"
-    } else if rtt_ms < 5.0 {
-        "ok"
-    } else {
-        "slow"
-    }
-}
-
 /// The last `n` characters (ids in messages from outside need not be ASCII).
 fn last_chars(s: &str, n: usize) -> String {
     let skip = s.chars().count().saturating_sub(n);
     s.chars().skip(skip).collect()
-}
-
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-pub fn ago(ms: u64) -> String {
-    match ms {
-        0..=999 => format!("{ms} ms ago"),
-        1000..=119_999 => format!("{:.0} s ago", ms as f64 / 1000.0),
-        _ => format!("{} min ago", ms / 60_000),
-    }
 }
 
 impl MemberView {
@@ -689,6 +646,7 @@ mod large_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::text::REPLICA_HUES;
     use crate::wire::MethodStatus;
     use std::time::Duration;
 

@@ -167,8 +167,9 @@ impl Status {
         let others: Vec<mesh_summary::Row> = alive()
             .filter_map(|m| Some((m.identity.instance_id.as_str(), m.identity.mesh.as_ref()?)))
             .collect();
+        let states = member_states(&members);
         let (mesh, mesh_summary) =
-            mesh_summary::mesh_fields(&members, (&me.instance_id, own_row), &others);
+            mesh_summary::mesh_fields(&states, (&me.instance_id, own_row), &others);
         let mut census = Census::of(&snapshot);
         let discovery: Vec<MethodView> = sources
             .reports
@@ -223,8 +224,8 @@ impl Status {
         let own = self.mesh.remove(&id).unwrap_or_default();
         let others = std::mem::take(&mut self.mesh);
         let rows: Vec<mesh_summary::Row> = others.iter().map(|(id, r)| (id.as_str(), r)).collect();
-        (self.mesh, self.mesh_summary) =
-            mesh_summary::mesh_fields(&self.members, (&id, own), &rows);
+        let states = member_states(&self.members);
+        (self.mesh, self.mesh_summary) = mesh_summary::mesh_fields(&states, (&id, own), &rows);
     }
 
     /// Members alive now, this replica included.
@@ -485,6 +486,14 @@ fn join_and(items: &[&str]) -> String {
         [one] => one.to_string(),
         [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
+}
+
+/// Each member's id and state, as the mesh summary reads them.
+fn member_states(members: &[MemberView]) -> Vec<(&str, State)> {
+    members
+        .iter()
+        .map(|m| (m.instance_id.as_str(), m.state))
+        .collect()
 }
 
 #[cfg(test)]
