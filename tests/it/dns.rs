@@ -219,8 +219,8 @@ async fn seed_peers_by_address_and_by_name() {
     let a = Replica::start(2, port, &seeded);
     let b = Replica::start(3, port, &quiet);
     let c = Replica::start(4, port, &quiet);
-    // a knows b and c from its seeds; they learn of a when a says hello. (Members do not
-    // pass on what they know: b and c learn of each other only through their own sources.)
+    // a knows b and c from its seeds; they learn of a when a says hello, and of each other
+    // from the news on a's answers (verified like a hello, so the source is announce).
     wait_for_evidence(
         &a,
         "seed",
@@ -230,11 +230,12 @@ async fn seed_peers_by_address_and_by_name() {
     )
     .await;
     wait_until_lists(&a, &[&a, &b, &c]).await;
-    wait_until_lists(&b, &[&a, &b]).await;
-    wait_until_lists(&c, &[&a, &c]).await;
+    wait_until_lists(&b, &[&a, &b, &c]).await;
+    wait_until_lists(&c, &[&a, &b, &c]).await;
     wait_for_source(&a, &instance_id(&b).await, "seed").await;
     wait_for_source(&a, &instance_id(&c).await, "seed").await;
     wait_for_source(&b, &instance_id(&a).await, "announce").await;
+    wait_for_source(&b, &instance_id(&c).await, "announce").await;
     wait_for_evidence(
         &a,
         "seed",
