@@ -129,13 +129,17 @@ impl PeerClient {
         addr: SocketAddr,
         nonce: Option<&str>,
         from: &str,
+        mesh: bool,
     ) -> Result<Reply, CallError> {
         let started = Instant::now();
         // `from` (an instance id: nothing to escape) says who asks: a member gets the news.
-        let url = match nonce {
+        let mut url = match nonce {
             Some(nonce) => format!("http://{addr}/api/identity?nonce={nonce}&from={from}"),
             None => format!("http://{addr}/api/identity?from={from}"),
         };
+        if !mesh {
+            url.push_str("&mesh=false");
+        }
         let response = self
             .for_peer(addr)
             .get(url)

@@ -27,6 +27,7 @@ pub mod prober;
 pub mod proof;
 pub mod relay;
 pub mod relay_auth;
+pub mod rotation;
 pub mod store;
 pub mod telemetry;
 pub mod timeline;

@@ -277,6 +277,11 @@ impl Table {
         }
         // A `left` member that answers at its own address and is not shutting down never
         // left: the goodbye was not its own, or it changed its mind.
+        let mut identity = identity;
+        // An answer without its mesh row (asked for only now and then) keeps the last one.
+        if identity.mesh.is_none() {
+            identity.mesh = member.identity.mesh.take();
+        }
         member.identity = identity;
         member.rtt_ms = Some(rtt_ms);
         member.last_ok = now;
@@ -890,6 +895,27 @@ mod tests {
         );
         let small: BTreeMap<String, MeshCell> = row.into_iter().take(20).collect();
         assert_eq!(worst_cells(small.clone(), MESH_ROW_MAX), small);
+    }
+
+    #[test]
+    fn an_answer_without_its_mesh_row_keeps_the_last_one() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        let mut with_mesh = identity("a", "127.0.0.2:80");
+        with_mesh.mesh = Some(BTreeMap::from([(
+            "b".to_string(),
+            MeshCell {
+                ok: true,
+                rtt_ms: Some(0.3),
+                last_ok_ms_ago: Some(10),
+                error: None,
+            },
+        )]));
+        t.admit(identity("a", "127.0.0.2:80"), Method::Scan, 1.0, t0);
+        t.probe_ok(with_mesh.clone(), 0.4, t0);
+        t.probe_ok(identity("a", "127.0.0.2:80"), 0.5, t0);
+        assert_eq!(t.members["a"].identity.mesh, with_mesh.mesh);
+        assert_eq!(t.members["a"].rtt_ms, Some(0.5));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::client::PeerClient;
 use crate::membership::{MemberEvent, Membership, State, Who};
+use crate::rotation::Rotation;
 use crate::wire::TimelineEvent;
 use crate::wire::{is_display_text, is_instance_id};
 
@@ -238,15 +239,27 @@ pub async fn follow(timeline: Timeline, mut events: broadcast::Receiver<MemberEv
     }
 }
 
-/// Collects the alive members' timelines every few seconds.
+/// Members whose timelines are collected per round: what collecting costs each replica,
+/// whatever the cluster's size (each member's is read once per pass).
+const COLLECTED_PER_ROUND: usize = 4;
+
+/// Collects alive members' timelines every few seconds, a few at a time in turn.
 pub async fn run(timeline: Timeline, membership: Membership, client: PeerClient) {
+    let mut rotation = Rotation::default();
     loop {
         tokio::time::sleep(EVERY).await;
         let snapshot = membership.snapshot();
-        let calls = snapshot
+        let alive: Vec<String> = snapshot
             .members
             .iter()
             .filter(|m| m.state == State::Alive)
+            .map(|m| m.identity.instance_id.clone())
+            .collect();
+        let turn = rotation.next(&alive, COLLECTED_PER_ROUND);
+        let calls = snapshot
+            .members
+            .iter()
+            .filter(|m| turn.contains(&m.identity.instance_id))
             .map(|m| {
                 let client = client.clone();
                 async move {
@@ -263,7 +276,9 @@ pub async fn run(timeline: Timeline, membership: Membership, client: PeerClient)
             .map(|(id, events)| (id, from_a_peer(events, now)))
             .collect();
         if let Ok(mut kept) = timeline.peers.lock() {
-            *kept = gathered;
+            // The others' last collected stay until their turn comes again, while alive.
+            kept.retain(|id, _| alive.contains(id));
+            kept.extend(gathered);
         }
     }
 }

@@ -70,12 +70,18 @@ impl Verifier {
     /// a copied, replayed or relayed identity is refused (or, relayed unchanged, is an
     /// alias).
     pub async fn ask(&self, addr: SocketAddr) -> Result<Reply, CallError> {
+        self.ask_with(addr, true).await
+    }
+
+    /// [`Verifier::ask`], with the member's mesh row only when `mesh` (it is most of an
+    /// answer's bytes, and the prober needs it only now and then).
+    pub async fn ask_with(&self, addr: SocketAddr, mesh: bool) -> Result<Reply, CallError> {
         let Some(secret) = &self.secret else {
-            return self.client.identity(addr, None, self.me.id()).await;
+            return self.client.identity(addr, None, self.me.id(), mesh).await;
         };
         let nonce = proof::nonce();
         let me = self.me.id();
-        let reply = self.client.identity(addr, Some(&nonce), me).await?;
+        let reply = self.client.identity(addr, Some(&nonce), me, mesh).await?;
         if proof::check(secret, &nonce, me, &reply.identity) {
             Ok(reply)
         } else if reply.identity.service != self.me.service() {

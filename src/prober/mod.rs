@@ -8,9 +8,8 @@
 
 mod health;
 mod load_balancer;
-mod rotation;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,13 +20,13 @@ use tokio::task::JoinSet;
 
 pub use health::LocalHealth;
 pub use load_balancer::{LoadBalancerCall, ViaLoadBalancer, run_load_balancer};
-use rotation::Rotation;
 
 use crate::discovery::announcements::Announcements;
 use crate::discovery::candidate::{Candidate, CandidateQueue};
 use crate::gossip::PER_ANSWER;
 use crate::membership::{Member, Membership, Snapshot, State};
 use crate::metrics::Metrics;
+use crate::rotation::Rotation;
 use crate::verify::Verifier;
 use crate::wire::{Heard, IndirectProbe, News};
 
@@ -45,6 +44,9 @@ const HINTS: usize = 64;
 const MAX_ROUND_STRETCH: u32 = 2;
 /// Every this many rounds on time, the local health score comes down a step.
 const HEALTHY_ROUNDS: u64 = 4;
+/// A member's mesh row (most of an answer's bytes) is asked for at most this often; the
+/// probes in between carry only its identity and news.
+const MESH_EVERY: Duration = Duration::from_secs(5);
 
 /// What probing needs: who to ask, where to record, where a restarted member's address
 /// goes to be verified again.
@@ -77,6 +79,7 @@ pub async fn run(prober: Prober) {
     let checking: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut checks = JoinSet::new();
     let (mut rotation, mut gone_rotation) = (Rotation::default(), Rotation::default());
+    let mut mesh_asked: HashMap<String, Instant> = HashMap::new();
     let fanout = usize::from(prober.fanout);
     let mut due = Instant::now();
     let mut round: u64 = 0;
@@ -127,6 +130,7 @@ pub async fn run(prober: Prober) {
                 .collect();
             picks.extend(gone_rotation.next(&gone, 1));
         }
+        mesh_asked.retain(|id, at| at.elapsed() < MESH_EVERY && snapshot.member(id).is_some());
         for id in picks {
             let Some(member) = snapshot.member(&id).cloned() else {
                 continue;
@@ -138,11 +142,15 @@ pub async fn run(prober: Prober) {
             if on_news.contains(&id) {
                 prober.metrics.news_check();
             }
+            let with_mesh = !mesh_asked.contains_key(&id);
+            if with_mesh {
+                mesh_asked.insert(id.clone(), Instant::now());
+            }
             let checker = checker.clone();
             checks.spawn(async move {
                 // Dropped when the check ends, panics or is aborted.
                 let _in_flight = in_flight;
-                checker.check(&member).await;
+                checker.check(&member, with_mesh).await;
             });
         }
     }
@@ -189,10 +197,10 @@ pub async fn run_clock(membership: Membership, probe_interval: Duration, health:
 
 impl Checker {
     /// Asks a member directly; if it does not answer, asks others to.
-    async fn check(&self, member: &Member) {
+    async fn check(&self, member: &Member, with_mesh: bool) {
         let p = &self.prober;
         let id = &member.identity.instance_id;
-        let answer = p.verifier.ask(member.identity.addr).await;
+        let answer = p.verifier.ask_with(member.identity.addr, with_mesh).await;
         let rtt = match &answer {
             Ok(reply) if reply.identity.instance_id == *id => {
                 Some(Duration::from_secs_f64(reply.rtt_ms / 1000.0))

@@ -32,6 +32,8 @@ pub struct IdentityQuery {
     nonce: Option<String>,
     /// The challenger's instance id, bound into the proof.
     from: Option<String>,
+    /// `false`: without the mesh row (a probe that does not need it this time).
+    mesh: Option<bool>,
 }
 
 pub async fn identity(
@@ -68,6 +70,9 @@ pub async fn identity(
     });
     if member_asks {
         identity.news = rumours.for_answer(&snapshot);
+    }
+    if query.mesh == Some(false) {
+        identity.mesh = None;
     }
     if let (Some(nonce), Some(secret)) = (&query.nonce, verifier.secret()) {
         identity.proof = Some(proof::prove(

@@ -1,6 +1,6 @@
-//! Which members a probe round asks: SWIM's round-robin over a shuffled list, so each
-//! member is probed by this replica once per pass, in an order no neighbour can predict,
-//! and a round costs the same at 3 members or 500.
+//! Which members a round asks (the prober's probes, the timeline's collection): SWIM's
+//! round-robin over a shuffled list, so each member is asked once per pass, in an order no
+//! neighbour can predict, and a round costs the same at 3 members or 500.
 
 use std::collections::HashSet;
 
