@@ -37,7 +37,9 @@ impl State {
 
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub identity: Identity,
+    /// Shared, not copied: every change publishes a snapshot of the whole table, and a
+    /// member's identity (its mesh row above all) is most of its bytes.
+    pub identity: Arc<Identity>,
     pub sources: BTreeSet<Method>,
     pub state: State,
     pub rtt_ms: Option<f64>,
@@ -211,7 +213,7 @@ impl Table {
         match self.members.get_mut(&new_id) {
             Some(member) => {
                 member.sources.insert(method);
-                member.identity = identity;
+                member.identity = Arc::new(identity);
                 if member.state != State::Left {
                     if conflict.is_some() {
                         member.conflict_with = conflict;
@@ -228,7 +230,7 @@ impl Table {
                 self.members.insert(
                     identity.instance_id.clone(),
                     Member {
-                        identity,
+                        identity: Arc::new(identity),
                         sources: BTreeSet::from([method]),
                         state: State::Alive,
                         rtt_ms: Some(rtt_ms),
@@ -280,9 +282,9 @@ impl Table {
         let mut identity = identity;
         // An answer without its mesh row (asked for only now and then) keeps the last one.
         if identity.mesh.is_none() {
-            identity.mesh = member.identity.mesh.take();
+            identity.mesh.clone_from(&member.identity.mesh);
         }
-        member.identity = identity;
+        member.identity = Arc::new(identity);
         member.rtt_ms = Some(rtt_ms);
         member.last_ok = now;
         member.last_error = member.conflict_note();

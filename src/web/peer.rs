@@ -254,7 +254,7 @@ async fn hand_on(
     }
     // What the runner says it called is its word; who it is comes from our own table,
     // and what it says is cut to the size of a real answer.
-    calls.from = compact(who.clone());
+    calls.from = compact(Identity::clone(who));
     calls.results.truncate(MAX_MEMBERS);
     for result in &mut calls.results {
         result.to.name = clip(&result.to.name);
