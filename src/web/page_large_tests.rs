@@ -253,16 +253,7 @@ fn the_page_of_a_large_cluster_is_bounded_and_leads_with_the_worst_rows() {
         assert_eq!(heat.matches("class=\"fast").count(), alive - 4, "{heat}");
 
         // The worst rows: the two failing first, then the slow ones.
-        let worst = html
-            .split("<table class=\"mesh worst\">")
-            .nth(1)
-            .and_then(|t| t.split("</table>").next())
-            .expect("the worst rows");
-        let rows: Vec<&str> = worst
-            .split("</tr>")
-            .skip(1)
-            .filter(|r| !r.is_empty())
-            .collect();
+        let rows = worst_rows(&html);
         assert_eq!(rows.len(), super::large_view::WORST_ROWS);
         for row in &rows[..2] {
             assert!(row.contains("<td class=\"fail\">"), "{row}");
@@ -344,16 +335,7 @@ fn suspect_members_lead_the_cards_and_the_worst_rows_without_hiding_failures() {
     assert!(cards[0].starts_with("state-alive me"), "{}", cards[0]);
     assert!(cards[1..].iter().all(|c| c.starts_with("state-suspect")));
     assert!(html.contains("Not drawn: 189 alive."), "{html}");
-    let worst = html
-        .split("<table class=\"mesh worst\">")
-        .nth(1)
-        .and_then(|t| t.split("</table>").next())
-        .expect("the worst rows");
-    let rows: Vec<&str> = worst
-        .split("</tr>")
-        .skip(1)
-        .filter(|r| !r.is_empty())
-        .collect();
+    let rows = worst_rows(&html);
     let unread = super::large_view::UNREAD_ROWS;
     for row in &rows[..unread] {
         assert!(row.contains("row not read (suspect)"), "{row}");
@@ -376,4 +358,18 @@ fn suspect_members_lead_the_cards_and_the_worst_rows_without_hiding_failures() {
         .and_then(|h| h.split("</div>").next())
         .expect("a heat strip");
     assert_eq!(heat.matches("class=\"none\"").count(), 10, "{heat}");
+}
+
+/// The rows of the page's worst-rows table, header left out.
+fn worst_rows(html: &str) -> Vec<&str> {
+    let worst = html
+        .split("<table class=\"mesh worst\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("the worst rows");
+    worst
+        .split("</tr>")
+        .skip(1)
+        .filter(|r| !r.is_empty())
+        .collect()
 }

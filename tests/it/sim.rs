@@ -215,16 +215,25 @@ async fn app_platform_topology() {
 
     for r in ["a", "b", "c"] {
         wait_for_peers(&sim, r, "scan").await;
-        let status = eventually("the foreign service and the service address", || async {
-            let s = sim.status_of(r)?;
-            let foreign = s["foreign"].to_string();
-            let aliases = s["aliases"].to_string();
-            if foreign.contains("127.0.12.9:8080") && aliases.contains("127.0.200.10:8080") {
-                Ok(s)
-            } else {
-                Err(format!("foreign {foreign}, aliases {aliases}"))
-            }
-        })
+        // The scan hands each hit on as it accepts, so peers can be listed before its first
+        // round (the fast pass over 16,256 addresses) has ended and reported.
+        let status = eventually(
+            "the foreign service, the service address, scan's report",
+            || async {
+                let s = sim.status_of(r)?;
+                let foreign = s["foreign"].to_string();
+                let aliases = s["aliases"].to_string();
+                let scan = report(&s, "scan")["status"].clone();
+                if foreign.contains("127.0.12.9:8080")
+                    && aliases.contains("127.0.200.10:8080")
+                    && !scan.is_null()
+                {
+                    Ok(s)
+                } else {
+                    Err(format!("foreign {foreign}, aliases {aliases}, scan {scan}"))
+                }
+            },
+        )
         .await;
         assert!(
             !status["members"].to_string().contains("127.0.12.9"),
