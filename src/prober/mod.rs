@@ -130,7 +130,13 @@ pub async fn run(prober: Prober) {
                 .collect();
             picks.extend(gone_rotation.next(&gone, 1));
         }
-        mesh_asked.retain(|id, at| at.elapsed() < MESH_EVERY && snapshot.member(id).is_some());
+        // One set per round: looking each id up in the snapshot would cost N² at size.
+        let current: HashSet<&str> = snapshot
+            .members
+            .iter()
+            .map(|m| m.identity.instance_id.as_str())
+            .collect();
+        mesh_asked.retain(|id, at| at.elapsed() < MESH_EVERY && current.contains(id.as_str()));
         for id in picks {
             let Some(member) = snapshot.member(&id).cloned() else {
                 continue;
