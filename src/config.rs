@@ -146,11 +146,53 @@ pub struct Settings {
     /// The app's public address (App Platform: `${APP_URL}`), used to relay messages through
     /// the load balancer where replicas cannot reach each other directly.
     #[arg(long, env = "PUBLIC_URL")]
-    pub public_url: Option<PublicUrl>,
+    pub public_url: Option<HttpUrl>,
 
     /// Name of the load balancer's affinity cookie, used by the relay.
     #[arg(long, env = "AFFINITY_COOKIE", default_value = "ARRAffinity")]
     pub affinity_cookie: String,
+
+    /// Ask the platform's API which instances run: `auto` (DigitalOcean when
+    /// DIGITALOCEAN_TOKEN and APP_ID are set, Fly when FLY_API_TOKEN is), `digitalocean`,
+    /// `kubernetes` (opt-in: the pod's service account must be allowed to list pods),
+    /// `fly`, or `off`.
+    #[arg(long, env = "PLATFORM_API", default_value = "auto")]
+    pub platform_api: PlatformApi,
+
+    /// Base URL of the platform's API. Default: https://api.digitalocean.com,
+    /// https://api.machines.dev, or the cluster's API server from KUBERNETES_SERVICE_HOST.
+    #[arg(long, env = "PLATFORM_API_URL")]
+    pub platform_api_url: Option<HttpUrl>,
+
+    /// How often the platform's API is asked, in seconds (longer after refusals and
+    /// rate limits).
+    #[arg(long = "platform-api-interval-secs", env = "PLATFORM_API_INTERVAL_SECS", default_value = "30", value_parser = seconds(1, 3600))]
+    pub platform_api_interval: Duration,
+
+    /// DigitalOcean API token (read scope on apps) for listing this app's instances.
+    #[arg(long, env = "DIGITALOCEAN_TOKEN", hide_env_values = true)]
+    pub digitalocean_token: Option<ApiToken>,
+
+    /// The App Platform app's id (the app spec can bind `${APP_ID}`).
+    #[arg(long, env = "APP_ID", value_parser = path_segment)]
+    pub app_id: Option<String>,
+
+    /// Fly.io API token for listing this app's Machines.
+    #[arg(long, env = "FLY_API_TOKEN", hide_env_values = true)]
+    pub fly_api_token: Option<ApiToken>,
+
+    /// Kubernetes label selector of this service's pods. Default: `app=SERVICE_NAME`.
+    #[arg(long, env = "PLATFORM_API_SELECTOR", value_parser = label_selector)]
+    pub platform_api_selector: Option<String>,
+
+    /// Kubernetes service-account token file, read again before every request (tokens
+    /// rotate); `ca.crt` and `namespace` are read beside it.
+    #[arg(
+        long,
+        env = "PLATFORM_API_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub platform_api_token_file: std::path::PathBuf,
 
     /// `off` hides the page, /api/status and /peer (replica names and private addresses);
     /// what replicas need from each other stays on.
@@ -452,18 +494,19 @@ impl FromStr for Secret {
     }
 }
 
-/// `PUBLIC_URL`: an http(s) URL with a host and nothing after the path.
+/// An http(s) URL with a host, nothing after the path and no credentials (`PUBLIC_URL`,
+/// `PLATFORM_API_URL`): both are shown on the page and in logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicUrl(url::Url);
+pub struct HttpUrl(url::Url);
 
-impl PublicUrl {
+impl HttpUrl {
     /// The URL of `path` on the public address.
     pub fn join(&self, path: &str) -> String {
         format!("{}{path}", self.0.as_str().trim_end_matches('/'))
     }
 }
 
-impl FromStr for PublicUrl {
+impl FromStr for HttpUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let url = url::Url::parse(s.trim())
@@ -481,7 +524,82 @@ impl FromStr for PublicUrl {
             // It is shown on the page and in logs.
             return Err("must carry no user name or password".into());
         }
-        Ok(PublicUrl(url))
+        Ok(HttpUrl(url))
+    }
+}
+
+/// `PLATFORM_API`: which platform's API to ask, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlatformApi {
+    Auto,
+    Off,
+    Digitalocean,
+    Kubernetes,
+    Fly,
+}
+
+/// An API token: sent in one header, never shown by Debug, logs or pages.
+#[derive(Clone)]
+pub struct ApiToken(SecretString);
+
+impl ApiToken {
+    /// The token itself: only for the Authorization header.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+impl FromStr for ApiToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        // It goes into a header: anything else would be refused there, or forge one.
+        if s.is_empty() || s.len() > 4096 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be a token of visible ASCII characters, at most 4096".into());
+        }
+        Ok(ApiToken(SecretString::from(s.to_string())))
+    }
+}
+
+/// An id that becomes one segment of an API path (an app id, a namespace).
+pub fn path_segment(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s != "."
+        && s != ".."
+    {
+        Ok(s.to_string())
+    } else {
+        Err("must be letters, digits, '-', '_' or '.', at most 128".into())
+    }
+}
+
+/// A Kubernetes equality-based label selector, `key=value[,key=value]`.
+fn label_selector(s: &str) -> Result<String, String> {
+    let ok = |part: &str| {
+        part.split_once('=').is_some_and(|(k, v)| {
+            let k = k.trim_end_matches('=');
+            let good = |t: &str| {
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            };
+            !k.is_empty() && k.len() <= 316 && v.len() <= 63 && good(k) && good(v)
+        })
+    };
+    let s = s.trim();
+    if !s.is_empty() && s.split(',').all(ok) {
+        Ok(s.to_string())
+    } else {
+        Err("must be key=value pairs separated by commas, like app=rollcall".into())
     }
 }
 
@@ -616,6 +734,17 @@ impl Settings {
                 self.registry_heartbeat.as_secs()
             ));
         }
+        match self.platform_api {
+            PlatformApi::Digitalocean
+                if self.digitalocean_token.is_none() || self.app_id.is_none() =>
+            {
+                return Err("PLATFORM_API=digitalocean needs DIGITALOCEAN_TOKEN and APP_ID".into());
+            }
+            PlatformApi::Fly if self.fly_api_token.is_none() => {
+                return Err("PLATFORM_API=fly needs FLY_API_TOKEN".into());
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -643,10 +772,16 @@ pub fn one_line_error(err: &clap::Error) -> String {
         // A value with a newline would break the one line (and could forge a log line).
         rendered = rendered.replace(&value, &value.escape_debug().to_string());
         rendered = DatabaseUrl(value.clone()).scrub(&rendered);
-        if err
-            .get(ContextKind::InvalidArg)
-            .is_some_and(|a| a.to_string().starts_with("--cluster-secret"))
-            && !value.is_empty()
+        if err.get(ContextKind::InvalidArg).is_some_and(|a| {
+            let a = a.to_string();
+            [
+                "--cluster-secret",
+                "--digitalocean-token",
+                "--fly-api-token",
+            ]
+            .iter()
+            .any(|secret| a.starts_with(secret))
+        }) && !value.is_empty()
         {
             rendered = rendered.replace(&value, "***");
         }
@@ -788,9 +923,9 @@ mod tests {
 
     #[test]
     fn public_urls_parse_and_join() {
-        let url: PublicUrl = "https://app.example.com/".parse().unwrap();
+        let url: HttpUrl = "https://app.example.com/".parse().unwrap();
         assert_eq!(url.join("/api/relay"), "https://app.example.com/api/relay");
-        let under: PublicUrl = "http://10.0.0.1:8080/rollcall".parse().unwrap();
+        let under: HttpUrl = "http://10.0.0.1:8080/rollcall".parse().unwrap();
         assert_eq!(under.join("/api/x"), "http://10.0.0.1:8080/rollcall/api/x");
         for bad in [
             "app.example.com",
@@ -799,7 +934,7 @@ mod tests {
             "https://user:pw@app.example.com",
             "https://",
         ] {
-            assert!(bad.parse::<PublicUrl>().is_err(), "{bad}");
+            assert!(bad.parse::<HttpUrl>().is_err(), "{bad}");
         }
     }
 

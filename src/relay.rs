@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::broadcast::{Broadcaster, Message};
 use crate::client::PeerClient;
-use crate::config::{PublicUrl, Secret};
+use crate::config::{HttpUrl, Secret};
 use crate::discovery::report::Reports;
 use crate::membership::{Membership, State};
 use crate::relay_auth::{self, SignedMessage};
@@ -52,7 +52,7 @@ struct Shared {
     cookie: Mutex<Option<String>>,
     /// Replicas connected to this one as their relay hub (instance id → connections).
     subscribers: Mutex<HashMap<String, usize>>,
-    public: Option<PublicUrl>,
+    public: Option<HttpUrl>,
     /// The load balancer's affinity cookie name.
     cookie_name: String,
     secret: Option<Secret>,
@@ -63,7 +63,7 @@ struct Shared {
 
 impl Relay {
     pub fn new(
-        public: Option<PublicUrl>,
+        public: Option<HttpUrl>,
         cookie_name: String,
         secret: Option<Secret>,
         (me, service): (String, String),

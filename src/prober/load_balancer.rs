@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::PeerClient;
-use crate::config::PublicUrl;
+use crate::config::HttpUrl;
 
 /// A call through the public address (the load balancer), to set beside direct calls.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,7 +38,7 @@ impl ViaLoadBalancer {
 /// how long it takes.
 pub async fn run_load_balancer(
     client: PeerClient,
-    public: Option<PublicUrl>,
+    public: Option<HttpUrl>,
     latest: ViaLoadBalancer,
 ) {
     let Some(public) = public else {
