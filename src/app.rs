@@ -20,6 +20,7 @@ use crate::discovery::announce::{self, Announce};
 use crate::discovery::announcements::{Announcements, Scope};
 use crate::discovery::candidate::{self, Candidate};
 use crate::discovery::dns::{self, Dns};
+use crate::discovery::platform::PlatformSource;
 use crate::discovery::registry::Registry;
 use crate::discovery::report::{Report, Reports};
 use crate::discovery::scan::{self, InFlight, Scan};
@@ -331,6 +332,8 @@ impl Background {
         spawn(Box::pin(source::run(dns, context.clone())));
         let seed = Seed::new(settings.seed_peers.as_ref(), resolver, s.me.addr());
         spawn(Box::pin(source::run(seed, context.clone())));
+        let platform = PlatformSource::new(settings, &s.me, &process_env);
+        spawn(Box::pin(source::run(platform, context.clone())));
         let registry = Registry::new(
             self.store.clone(),
             s.me.clone(),

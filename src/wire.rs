@@ -125,6 +125,8 @@ pub enum Method {
     Registry,
     Dns,
     Seed,
+    /// The platform's own API: who it says runs (names; on Kubernetes and Fly, addresses).
+    Platform,
     Announce,
 }
 
@@ -141,6 +143,7 @@ impl Method {
             Method::Registry => "registry",
             Method::Dns => "dns",
             Method::Seed => "seed",
+            Method::Platform => "platform",
             Method::Announce => "announce",
         }
     }

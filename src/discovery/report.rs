@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::expected::Expected;
 use crate::membership::{Snapshot, State};
 use crate::verify::fails_proof;
 use crate::wire::{Method, MethodStatus};
@@ -25,6 +26,8 @@ pub struct Report {
     pub evidence: Vec<Evidence>,
     /// Other replicas this source says exist, verified or not (fresh registry rows).
     pub claims: Vec<Claimed>,
+    /// Who the platform says should be there (the platform method).
+    pub expected: Option<Expected>,
 }
 
 /// A replica a registry row says exists.
