@@ -19,7 +19,7 @@ use super::labels::short_labels;
 use super::large_view;
 use super::mesh_summary;
 use super::negotiate::{accepts, wants_html};
-use super::status::{MemberView, MethodView, Status, StatusSources};
+use super::status::{MemberView, MethodView, NotFoundView, Status, StatusSources};
 pub use super::text::{ago, hue, mib};
 use super::text::{esc, rtt_class};
 use super::timeline_lines::{Line, lines};
@@ -159,6 +159,12 @@ fn plain(status: &Status) -> String {
             m.addr,
             m.state_text(),
             m.rtt_text()
+        )
+    }));
+    lines.extend(status.not_found.iter().map(|n| {
+        format!(
+            "Not found: {} ({} says it is {})",
+            n.name, n.platform, n.state
         )
     }));
     lines.join("\n") + "\n"
@@ -397,6 +403,31 @@ impl MemberView {
     }
 }
 
+/// Instances the platform runs that are shown as cards; the rest are counted.
+const NOT_FOUND_SHOWN: usize = 8;
+
+impl NotFoundView {
+    fn addr_text(&self) -> String {
+        match (self.addr, &self.alias) {
+            (Some(ip), _) => format!("{ip} (from the platform's API)"),
+            (None, Some(alias)) => format!("{alias} · the API gives no address"),
+            (None, None) => "the API gives no address".into(),
+        }
+    }
+    fn note_text(&self) -> String {
+        match self.here {
+            Some(here) => format!(
+                "{} says it is {}; here it {here}",
+                self.platform, self.state
+            ),
+            None => format!(
+                "{} says it is {}; no method has found it",
+                self.platform, self.state
+            ),
+        }
+    }
+}
+
 impl MethodView {
     fn name(&self) -> &'static str {
         self.method.as_str()
@@ -523,6 +554,17 @@ impl IndexPage {
     }
     fn state_counts(&self) -> String {
         large_view::state_counts(&self.s.members)
+    }
+    fn shown_not_found(&self) -> &[NotFoundView] {
+        &self.s.not_found[..self.s.not_found.len().min(NOT_FOUND_SHOWN)]
+    }
+    fn not_found_left_out(&self) -> Option<String> {
+        let more = self.s.not_found.len().checked_sub(NOT_FOUND_SHOWN)?;
+        (more > 0).then(|| {
+            format!(
+                "and {more} more instances the platform runs, not found yet; /api/status lists them"
+            )
+        })
     }
     fn members_left_out(&self) -> Option<String> {
         large_view::cards_left_out(&self.s.members, &self.shown_members())
@@ -725,6 +767,8 @@ mod tests {
                     claimed: 0,
                 }],
                 expected_replicas: Some(2),
+                expected_from: Some("setting"),
+                not_found: vec![],
                 mesh: Default::default(),
                 mesh_summary: None,
                 view_hash: "abc".into(),
@@ -768,6 +812,43 @@ mod tests {
         assert!(regions.contains("data-hue=\""), "{regions}");
         // Only regions: no page around them, no script, no messages.
         assert!(!regions.contains("<html") && !regions.contains("<script"));
+    }
+
+    #[test]
+    fn instances_the_platform_runs_and_nobody_found_are_grey_cards_by_name() {
+        let mut page = sample_page();
+        let missing = |i: usize| NotFoundView {
+            name: format!("main-service-768976868d-<{i}>"),
+            platform: "App Platform",
+            alias: Some(format!("main-service-{i}")),
+            addr: None,
+            state: "running".into(),
+            here: None,
+        };
+        page.s.not_found = vec![missing(2)];
+        let members = page.as_members().render().unwrap();
+        assert!(
+            members.contains(
+                "<li class=\"member not-found\" data-name=\"main-service-768976868d-&#60;2&#62;\">"
+            ),
+            "{members}"
+        );
+        assert!(members.contains("not found yet"), "{members}");
+        assert!(members.contains("main-service-2 · the API gives no address"));
+        assert!(members.contains("App Platform says it is running; no method has found it"));
+        assert!(
+            plain(&page.s).contains(
+                "Not found: main-service-768976868d-<2> (App Platform says it is running)"
+            )
+        );
+        // Many missing: a few cards, the rest counted.
+        page.s.not_found = (0..20).map(missing).collect();
+        let members = page.as_members().render().unwrap();
+        assert_eq!(members.matches("member not-found").count(), NOT_FOUND_SHOWN);
+        assert!(
+            members.contains("and 12 more instances the platform runs"),
+            "{members}"
+        );
     }
 
     /// A page of three pods, as 01JSELF sees them: 01JPEER alive, 01JDEAD dead.

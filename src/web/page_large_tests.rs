@@ -140,6 +140,8 @@ fn large_status(alive: usize, gone: usize, failing: &[usize]) -> Status {
             claimed: alive - 1,
         }],
         expected_replicas: Some(alive as u32),
+        expected_from: None,
+        not_found: vec![],
         mesh,
         mesh_summary: None,
         view_hash: "3f9a1c2b".into(),

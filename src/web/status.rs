@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::mesh_summary::{self, MeshSummary};
+use crate::discovery::expected::{Expected, Listed, Match};
 use crate::discovery::report::{Evidence, Report, Reports};
 use crate::drain::Drain;
 use crate::identity::Me;
@@ -40,7 +41,12 @@ pub struct Status {
     pub foreign: Vec<ForeignView>,
     pub aliases: Vec<AliasView>,
     pub discovery: Vec<MethodView>,
+    /// EXPECTED_REPLICAS, else how many instances the platform's API says run.
     pub expected_replicas: Option<u32>,
+    /// Where `expected_replicas` comes from: `setting` or `platform`.
+    pub expected_from: Option<&'static str>,
+    /// Instances the platform's API says run that no method has found (by name).
+    pub not_found: Vec<NotFoundView>,
     /// For every alive member (this one included), its row of direct probes, as it last
     /// published it; in a large cluster (see [`mesh_summary::is_large`]) this replica's
     /// own row only, the others summarised in `mesh_summary`.
@@ -76,6 +82,22 @@ pub struct MemberView {
     /// Its address answers as a new instance: history, not a fault.
     #[serde(skip)]
     pub restarted: bool,
+}
+
+/// A running instance the platform lists and nobody here has found.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotFoundView {
+    pub name: String,
+    /// Whose API lists it: "App Platform", "Kubernetes", "Fly".
+    pub platform: &'static str,
+    /// The platform's second name for it (App Platform's `main-service-0`, a Machine's name).
+    pub alias: Option<String>,
+    /// Where the platform says it listens; App Platform gives no address.
+    pub addr: Option<std::net::IpAddr>,
+    /// The platform's word on it.
+    pub state: String,
+    /// What this replica knows of that name, if anything ("stopped answering").
+    pub here: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,13 +193,28 @@ impl Status {
         let (mesh, mesh_summary) =
             mesh_summary::mesh_fields(&states, (&me.instance_id, own_row), &others);
         let mut census = Census::of(&snapshot);
-        let discovery: Vec<MethodView> = sources
-            .reports
-            .all()
-            .into_iter()
-            .map(|(method, report)| method_view(method, &report, &snapshot, now))
+        let reports = sources.reports.all();
+        let expected = reports
+            .get(&Method::Platform)
+            .and_then(|r| r.expected.as_ref());
+        let not_found = expected
+            .map(|e| not_found(e, &snapshot, &me.name))
+            .unwrap_or_default();
+        let discovery: Vec<MethodView> = reports
+            .iter()
+            .map(|(method, report)| method_view(*method, report, &snapshot, &me.name, now))
             .collect();
         census.claimed = discovery.iter().map(|d| d.claimed).max().unwrap_or(0);
+        census.missing = not_found.len();
+        let platform_count = expected
+            .map(|e| u32::try_from(e.running().count()).unwrap_or(u32::MAX))
+            .filter(|n| *n > 0);
+        let (expected_replicas, expected_from) =
+            match (sources.page.expected_replicas, platform_count) {
+                (Some(n), _) => (Some(n), Some("setting")),
+                (None, Some(n)) => (Some(n), Some("platform")),
+                (None, None) => (None, None),
+            };
         Status {
             verdict: verdict(&census, &discovery),
             verdict_tone: verdict_tone(&census),
@@ -205,7 +242,9 @@ impl Status {
                 })
                 .collect(),
             discovery,
-            expected_replicas: sources.page.expected_replicas,
+            expected_replicas,
+            expected_from,
+            not_found,
             mesh,
             mesh_summary,
             view_hash,
@@ -286,6 +325,8 @@ pub struct Census {
     pub refused: usize,
     /// Replicas the registry lists that are not known to be gone.
     pub claimed: usize,
+    /// Running instances the platform's API lists that no method has found.
+    pub missing: usize,
 }
 
 impl Census {
@@ -335,7 +376,13 @@ impl Census {
 /// and replicas newer than its last look, never make it `partial`, nor `fails` when it
 /// had found them and nobody is left), `partial` when another method found current
 /// members it did not.
-fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instant) -> MethodView {
+fn method_view(
+    method: Method,
+    report: &Report,
+    snapshot: &Snapshot,
+    me: &str,
+    now: Instant,
+) -> MethodView {
     let current = || {
         snapshot
             .members
@@ -367,7 +414,7 @@ fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instan
         Some(why) => why.clone(),
         None => report.detail.clone(),
     };
-    MethodView {
+    let mut view = MethodView {
         method,
         status,
         found,
@@ -376,6 +423,131 @@ fn method_view(method: Method, report: &Report, snapshot: &Snapshot, now: Instan
         detail,
         evidence: report.evidence.clone(),
         claimed: report.claimed(snapshot),
+    };
+    if let Some(expected) = &report.expected {
+        listing_view(&mut view, expected, report.failed, snapshot, me);
+    }
+    view
+}
+
+/// A platform's listing, matched by name against the table now: the method works when the
+/// API answered and lists this replica, is partial when it answered without listing this
+/// replica (another component, or names that are not replicas' names here), and fails
+/// when the API failed (the last answer is still shown).
+fn listing_view(
+    view: &mut MethodView,
+    expected: &Expected,
+    failed: bool,
+    snapshot: &Snapshot,
+    me: &str,
+) {
+    let mut found = 0;
+    let mut missing = Vec::new();
+    view.evidence = expected
+        .instances
+        .iter()
+        .map(|listed| {
+            let matched = Expected::find(listed, snapshot, me);
+            if listed.running && matched.is_current() {
+                found += 1;
+            } else if listed.running {
+                missing.push(listed.name.as_str());
+            }
+            listed_evidence(listed, matched)
+        })
+        .collect();
+    let running = expected.running().count();
+    view.found = found;
+    view.status = match (failed, expected.lists(me)) {
+        (true, _) => MethodStatus::Fails,
+        (false, true) => MethodStatus::Works,
+        (false, false) => MethodStatus::Partial,
+    };
+    let mut summary = format!(
+        "{} runs {running} instance{} of {}: found {found}",
+        expected.platform,
+        if running == 1 { "" } else { "s" },
+        expected.scope
+    );
+    if !missing.is_empty() {
+        summary.push_str(&format!("; not found: {}", names_and_more(&missing, 8)));
+    }
+    if !expected.lists(me) {
+        summary.push_str(&format!("; this replica ({me}) is not among them"));
+    }
+    view.detail = format!("{summary}. {}", view.detail);
+}
+
+fn listed_evidence(listed: &Listed, matched: Match<'_>) -> Evidence {
+    let subject = match &listed.alias {
+        Some(alias) => format!("{} ({alias})", listed.name),
+        None => listed.name.clone(),
+    };
+    let at = listed.addr.map_or(String::new(), |ip| format!(" at {ip}"));
+    let (status, detail) = match (matched, listed.running) {
+        (Match::ThisReplica, _) => (
+            MethodStatus::Works,
+            format!("{}{at}: this replica", listed.state),
+        ),
+        (Match::Member(m), true) if matched.is_current() => (
+            MethodStatus::Works,
+            format!(
+                "{}{at}: found, {} at {}",
+                listed.state,
+                m.state.as_str(),
+                m.identity.addr
+            ),
+        ),
+        (Match::Member(m), true) => (
+            MethodStatus::Partial,
+            format!(
+                "{}{at}: not found now ({} here)",
+                listed.state,
+                m.state.as_str()
+            ),
+        ),
+        (Match::NotFound, true) => (
+            MethodStatus::Partial,
+            format!("{}{at}: not found yet", listed.state),
+        ),
+        (_, false) => (
+            MethodStatus::Off,
+            format!("{}{at}: not running, not expected", listed.state),
+        ),
+    };
+    Evidence {
+        subject,
+        status,
+        detail,
+    }
+}
+
+/// The running instances the platform lists that are not found now, this replica aside.
+fn not_found(expected: &Expected, snapshot: &Snapshot, me: &str) -> Vec<NotFoundView> {
+    expected
+        .missing(snapshot, me)
+        .map(|listed| NotFoundView {
+            name: listed.name.clone(),
+            platform: expected.platform,
+            alias: listed.alias.clone(),
+            addr: listed.addr,
+            state: listed.state.clone(),
+            here: match Expected::find(listed, snapshot, me) {
+                Match::Member(m) => Some(match m.state {
+                    State::Left => "said goodbye",
+                    _ => "stopped answering",
+                }),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// "a, b, c and 4 more".
+fn names_and_more(names: &[&str], shown: usize) -> String {
+    match names.len().checked_sub(shown) {
+        Some(more) if more > 0 => format!("{} and {more} more", names[..shown].join(", ")),
+        _ => names.join(", "),
     }
 }
 
@@ -426,6 +598,12 @@ pub fn verdict(census: &Census, discovery: &[MethodView]) -> String {
             refused(census.refused)
         ));
     }
+    if census.missing > 0 {
+        parts.push(match census.missing {
+            1 => "1 instance the platform runs has not been found".to_string(),
+            n => format!("{n} instances the platform runs have not been found"),
+        });
+    }
     if let Some(history) = census.history() {
         parts.push(history);
     }
@@ -462,9 +640,10 @@ pub fn verdict_tone(census: &Census) -> Tone {
     let known = census.current().max(census.claimed);
     match (known, census.reachable) {
         (0, _) if census.refused > 0 => Tone::Bad,
+        (0, _) if census.missing > 0 => Tone::Warn,
         (0, _) => Tone::Neutral,
         (_, 0) => Tone::Bad,
-        (n, r) if r == n && census.refused == 0 => Tone::Good,
+        (n, r) if r == n && census.refused == 0 && census.missing == 0 => Tone::Good,
         _ => Tone::Warn,
     }
 }
@@ -649,6 +828,133 @@ mod tests {
     }
 
     #[test]
+    fn instances_the_platform_runs_and_nobody_found_are_told_and_warned_of() {
+        let report = [method(Method::Platform, MethodStatus::Works, 2)];
+        let one = Census {
+            missing: 1,
+            ..census(1, 0)
+        };
+        assert_eq!(
+            verdict(&one, &report),
+            "Replicas can call each other directly (1 reachable); found by platform; 1 instance the platform runs has not been found."
+        );
+        assert_eq!(verdict_tone(&one), Tone::Warn);
+        let alone = Census {
+            missing: 2,
+            ..census(0, 0)
+        };
+        assert_eq!(
+            verdict(&alone, &[]),
+            "No other replica found yet; 2 instances the platform runs have not been found."
+        );
+        assert_eq!(verdict_tone(&alone), Tone::Warn);
+    }
+
+    #[test]
+    fn a_platform_listing_is_matched_by_name_when_viewed() {
+        use crate::discovery::expected::{Expected, Listed};
+        use crate::membership::{Membership, Timing};
+        let identity = |id: &str, name: &str, addr: &str| -> Identity {
+            serde_json::from_value(serde_json::json!({
+                "instance_id": id, "name": name, "service": "main-service", "addr": addr,
+            }))
+            .unwrap()
+        };
+        let table = Membership::new(Timing {
+            dead_after: std::time::Duration::from_secs(3),
+            forget_after: std::time::Duration::from_secs(600),
+        });
+        table.admit(identity("B", "ms-rq7kk", "127.0.0.3:80"), Method::Scan, 0.3);
+        let listed = |name: &str, running: bool| Listed {
+            name: name.into(),
+            alias: None,
+            addr: None,
+            state: if running { "running" } else { "stopped" }.into(),
+            running,
+        };
+        let expected = Expected {
+            platform: "App Platform",
+            scope: "component main-service".into(),
+            instances: vec![
+                listed("ms-gtxdh", true),
+                listed("ms-rq7kk", true),
+                listed("ms-vprdj", true),
+                listed("ms-old", false),
+            ],
+            truncated: false,
+            listed_at: Instant::now(),
+        };
+        let report = Report {
+            detail: "GET …".into(),
+            expected: Some(expected.clone()),
+            ..Report::default()
+        };
+        let view = |table: &Membership, me: &str| {
+            method_view(
+                Method::Platform,
+                &report,
+                &table.snapshot(),
+                me,
+                Instant::now(),
+            )
+        };
+        let seen = view(&table, "ms-gtxdh");
+        assert_eq!(seen.status, MethodStatus::Works);
+        assert_eq!(seen.found, 2);
+        assert!(
+            seen.detail.starts_with(
+                "App Platform runs 3 instances of component main-service: found 2; not found: ms-vprdj. GET"
+            ),
+            "{}",
+            seen.detail
+        );
+        let lines: Vec<(MethodStatus, &str)> = seen
+            .evidence
+            .iter()
+            .map(|e| (e.status, e.detail.as_str()))
+            .collect();
+        assert_eq!(lines[0], (MethodStatus::Works, "running: this replica"));
+        assert_eq!(
+            lines[1],
+            (MethodStatus::Works, "running: found, alive at 127.0.0.3:80")
+        );
+        assert_eq!(lines[2], (MethodStatus::Partial, "running: not found yet"));
+        assert_eq!(
+            lines[3],
+            (MethodStatus::Off, "stopped: not running, not expected")
+        );
+        let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].name, "ms-vprdj");
+        // B dies: by name it is missing now, and the view says what became of it.
+        table.left("B");
+        let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
+        assert_eq!(missing.len(), 2);
+        assert_eq!(missing[0].here, Some("said goodbye"));
+        // A listing without this replica is of something else.
+        let elsewhere = view(&table, "ms-other");
+        assert_eq!(elsewhere.status, MethodStatus::Partial);
+        assert!(
+            elsewhere
+                .detail
+                .contains("this replica (ms-other) is not among them")
+        );
+        // A failed API keeps the last listing, and fails.
+        let failed = Report {
+            failed: true,
+            ..report.clone()
+        };
+        let view = method_view(
+            Method::Platform,
+            &failed,
+            &table.snapshot(),
+            "ms-gtxdh",
+            Instant::now(),
+        );
+        assert_eq!(view.status, MethodStatus::Fails);
+    }
+
+    #[test]
     fn suspects_are_current_and_not_reachable() {
         let census = Census {
             suspect: 1,
@@ -683,7 +989,14 @@ mod tests {
             ..Report::default()
         };
         let scan = |table: &Membership| {
-            method_view(Method::Scan, &round, &table.snapshot(), Instant::now()).status
+            method_view(
+                Method::Scan,
+                &round,
+                &table.snapshot(),
+                "me",
+                Instant::now(),
+            )
+            .status
         };
         // B is current and scan missed it.
         assert_eq!(scan(&table), MethodStatus::Partial);
@@ -711,7 +1024,8 @@ mod tests {
             ..Report::default()
         };
         pair.admit(identity("B2", "127.0.0.3:80"), Method::Registry, 0.3);
-        let status = method_view(Method::Scan, &round, &pair.snapshot(), Instant::now()).status;
+        let status =
+            method_view(Method::Scan, &round, &pair.snapshot(), "me", Instant::now()).status;
         assert_eq!(status, MethodStatus::Works);
         // A scan that never found anyone cannot say it works.
         let empty = Membership::new(Timing {
