@@ -19,6 +19,7 @@ mod fuzz;
 mod hostile;
 mod page;
 mod peer;
+mod platform;
 mod registry;
 mod router;
 mod scan_speed;
