@@ -72,7 +72,9 @@ pub const PLATFORM_MARKERS: &[&str] = &[
 pub const PLATFORM_VARIABLES: &[&str] = &[
     "ROLLCALL_PLATFORM",
     "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
     "POD_IP",
+    "POD_NAMESPACE",
     "POD_NAME",
     "DYNO",
     "HEROKU_DYNO_ID",
@@ -87,6 +89,7 @@ pub const PLATFORM_VARIABLES: &[&str] = &[
     "FLY_APP_NAME",
     "FLY_MACHINE_ID",
     "FLY_PRIVATE_IP",
+    "FLY_PROCESS_GROUP",
     "WEBSITE_INSTANCE_ID",
     "WEBSITE_SITE_NAME",
     "K_SERVICE",

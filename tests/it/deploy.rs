@@ -1,6 +1,8 @@
 //! The deploy specs checked against the program itself: every file a platform reads
-//! (`.do/app.yaml`, `.do/deploy.template.yaml`, `deploy/kubernetes.yaml`, `Procfile`,
-//! `Dockerfile`) must agree with rollcall's settings, port and endpoints.
+//! (`.do/app.yaml`, `.do/deploy.template.yaml`, `deploy/kubernetes.yaml` and its variant
+//! `deploy/kubernetes-api.yaml`, `Procfile`, `Dockerfile`) must agree with rollcall's
+//! settings, port and endpoints; and the platform API answers the tests replay
+//! (`tests/fixtures/platform/`) must have the shape the platforms document.
 //!
 //! Each platform's way of turning those files into a process is modelled as the platform
 //! documents it (Docker: ENTRYPOINT + CMD; Kubernetes: `command` replaces ENTRYPOINT and
@@ -59,6 +61,31 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key]
         .as_str()
         .unwrap_or_else(|| panic!("no string {key} in {v:?}"))
+}
+
+/// The Kubernetes manifests: the plain one, and the opt-in variant whose pods may list
+/// pods (PLATFORM_API=kubernetes). Each is applied instead of the other.
+const KUBERNETES: &str = "deploy/kubernetes.yaml";
+const KUBERNETES_API: &str = "deploy/kubernetes-api.yaml";
+const KUBERNETES_MANIFESTS: [&str; 2] = [KUBERNETES, KUBERNETES_API];
+
+/// What the variant adds to the plain manifest's container: the platform method, its
+/// label selector, and the namespace to list pods in.
+const KUBERNETES_API_ENV: [&str; 3] = ["PLATFORM_API", "PLATFORM_API_SELECTOR", "POD_NAMESPACE"];
+
+fn kinds(docs: &[Value]) -> Vec<&str> {
+    docs.iter().map(|d| str_of(d, "kind")).collect()
+}
+
+/// The one document of this kind.
+fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} in {:?}", kinds(docs));
+    found[0]
+}
+
+fn deployment(docs: &[Value]) -> &Value {
+    only(docs, "Deployment")
 }
 
 /// App Platform sizes that allow only one instance.
@@ -124,7 +151,7 @@ async fn app_platform_spec_matches_the_program() {
     for env in envs {
         let key = str_of(env, "key");
         let value = str_of(env, "value");
-        if ["DATABASE_URL", "ROLLCALL_PLATFORM", "PUBLIC_URL"].contains(&key) {
+        if ["DATABASE_URL", "ROLLCALL_PLATFORM", "PUBLIC_URL", "APP_ID"].contains(&key) {
             continue; // filled in by the platform / read as a platform variable
         }
         argv.push(format!(
@@ -408,13 +435,12 @@ fn strings(v: &Value) -> Option<Vec<String>> {
 }
 
 fn kubernetes_container(docs: &[Value]) -> &Value {
-    &docs[0]["spec"]["template"]["spec"]["containers"][0]
+    &deployment(docs)["spec"]["template"]["spec"]["containers"][0]
 }
 
 /// Every way our files are started, derived as each platform derives it.
 fn launches() -> Vec<Launch> {
     let image = image_of(&read("Dockerfile"));
-    let container = kubernetes_container(&yaml_docs("deploy/kubernetes.yaml")).clone();
     let from_image = |platform, argv: Vec<String>| Launch {
         platform,
         argv,
@@ -425,10 +451,14 @@ fn launches() -> Vec<Launch> {
     let docker = [image.entrypoint.clone(), image.cmd.clone()].concat();
     // Kubernetes: `command` replaces ENTRYPOINT (and then the image's CMD is dropped too);
     // `args` replaces CMD.
-    let kubernetes = match (strings(&container["command"]), strings(&container["args"])) {
-        (Some(command), args) => [command, args.unwrap_or_default()].concat(),
-        (None, Some(args)) => [image.entrypoint.clone(), args].concat(),
-        (None, None) => docker.clone(),
+    let kubernetes = |path: &str| {
+        let docs = yaml_docs(path);
+        let container = kubernetes_container(&docs);
+        match (strings(&container["command"]), strings(&container["args"])) {
+            (Some(command), args) => [command, args.unwrap_or_default()].concat(),
+            (None, Some(args)) => [image.entrypoint.clone(), args].concat(),
+            (None, None) => docker.clone(),
+        }
     };
     let dokku = [image.entrypoint.clone(), words(&procfile_web())].concat();
     // Heroku's container stack builds what heroku.yml names; with no `run:` section it
@@ -441,7 +471,14 @@ fn launches() -> Vec<Launch> {
     );
     vec![
         from_image("docker / App Platform (Dockerfile)", docker.clone()),
-        from_image("kubernetes (deploy/kubernetes.yaml)", kubernetes),
+        from_image(
+            "kubernetes (deploy/kubernetes.yaml)",
+            kubernetes(KUBERNETES),
+        ),
+        from_image(
+            "kubernetes (deploy/kubernetes-api.yaml)",
+            kubernetes(KUBERNETES_API),
+        ),
         from_image("heroku (container stack, heroku.yml)", docker),
         from_image("dokku (Dockerfile builder, Procfile web:)", dokku),
         Launch {
@@ -550,159 +587,315 @@ fn dockerfile_copies_what_exists_and_builds_as_ci_does() {
 }
 
 fn container_security(docs: &[Value]) -> (&Value, &Value) {
-    let pod = &docs[0]["spec"]["template"]["spec"];
+    let pod = &deployment(docs)["spec"]["template"]["spec"];
     (pod, &kubernetes_container(docs)["securityContext"])
 }
 
 #[tokio::test]
 async fn kubernetes_manifest_matches_the_program() {
     let _machine = shared().await;
-    let docs = yaml_docs("deploy/kubernetes.yaml");
-    let kinds: Vec<&str> = docs.iter().map(|d| str_of(d, "kind")).collect();
-    assert_eq!(kinds, ["Deployment", "Service", "Service"]);
-    let deployment = &docs[0];
-    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3));
-    let container = kubernetes_container(&docs);
-    let port = container["ports"][0]["containerPort"].as_u64();
-    let known = known_variables();
-    let mut env = std::collections::BTreeMap::new();
-    for e in container["env"].as_sequence().expect("env") {
-        let name = str_of(e, "name");
-        assert!(
-            known.contains(name),
-            "{name} is not a variable rollcall reads"
-        );
-        env.insert(name.to_string(), e.clone());
-    }
-    assert_eq!(
-        port,
-        env["PORT"]["value"].as_str().and_then(|p| p.parse().ok())
-    );
-    assert_eq!(port, Some(u64::from(default_port())));
-    assert_eq!(
-        env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "status.podIP"
-    );
-    assert_eq!(
-        env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.name"
-    );
-    // The secret comes from a Secret, and pods start without one (membership unproven).
-    let secret = &env["CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"];
-    assert_eq!(secret["optional"].as_bool(), Some(true), "{secret:?}");
-    // No registry is claimed: a read-only root filesystem has no room for SQLite.
-    assert_eq!(env["DATABASE_URL"]["value"], "off");
-    // rollcall resolves the headless Service by name, and the normal one too (an alias).
-    let dns_names = str_of(&env["DNS_NAMES"], "value");
-    let headless = docs
-        .iter()
-        .find(|d| d["spec"]["clusterIP"] == "None")
-        .expect("a headless Service");
-    let normal = docs
-        .iter()
-        .skip(1)
-        .find(|d| d["spec"]["clusterIP"] != "None")
-        .expect("a normal Service");
-    for svc in [headless, normal] {
-        let name = str_of(&svc["metadata"], "name");
-        assert!(
-            dns_names.split(',').any(|n| n == name),
-            "{name} not in DNS_NAMES={dns_names}"
-        );
-        assert_eq!(
-            svc["spec"]["selector"],
-            deployment["spec"]["selector"]["matchLabels"]
-        );
-    }
-    // Every literal value parses as the setting it sets.
-    let mut argv = vec!["rollcall".to_string()];
-    for (name, e) in &env {
-        if let Some(value) = e["value"].as_str() {
-            argv.push(format!(
-                "--{}={value}",
-                name.to_ascii_lowercase().replace('_', "-")
-            ));
-        }
-    }
-    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     let port = free_port();
     let r = Replica::start(9, port, &[("SCAN_CIDRS", "off")]);
     identity_of(&r).await;
-    for probe in ["readinessProbe", "livenessProbe"] {
-        let path = str_of(&container[probe]["httpGet"], "path");
-        let resp = client().get(r.url(path)).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{probe} {path}");
+    let known = known_variables();
+    for path in KUBERNETES_MANIFESTS {
+        let docs = yaml_docs(path);
+        let expected_kinds: &[&str] = if path == KUBERNETES_API {
+            &[
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "Deployment",
+                "Service",
+                "Service",
+            ]
+        } else {
+            &["Deployment", "Service", "Service"]
+        };
+        assert_eq!(kinds(&docs), expected_kinds, "{path}");
+        let deployment = deployment(&docs);
+        assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3), "{path}");
+        let container = kubernetes_container(&docs);
+        let port = container["ports"][0]["containerPort"].as_u64();
+        let mut env = std::collections::BTreeMap::new();
+        for e in container["env"].as_sequence().expect("env") {
+            let name = str_of(e, "name");
+            assert!(
+                known.contains(name),
+                "{path}: {name} is not a variable rollcall reads"
+            );
+            env.insert(name.to_string(), e.clone());
+        }
+        assert_eq!(
+            port,
+            env["PORT"]["value"].as_str().and_then(|p| p.parse().ok()),
+            "{path}"
+        );
+        assert_eq!(port, Some(u64::from(default_port())), "{path}");
+        assert_eq!(
+            env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
+            "status.podIP"
+        );
+        assert_eq!(
+            env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        // The secret comes from a Secret, and pods start without one (membership unproven).
+        let secret = &env["CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"];
+        assert_eq!(
+            secret["optional"].as_bool(),
+            Some(true),
+            "{path}: {secret:?}"
+        );
+        // No registry is claimed: a read-only root filesystem has no room for SQLite.
+        assert_eq!(env["DATABASE_URL"]["value"], "off", "{path}");
+        // rollcall resolves the headless Service by name, and the normal one too (an alias).
+        let dns_names = str_of(&env["DNS_NAMES"], "value");
+        let services: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Service").collect();
+        let headless = services
+            .iter()
+            .find(|d| d["spec"]["clusterIP"] == "None")
+            .expect("a headless Service");
+        let normal = services
+            .iter()
+            .find(|d| d["spec"]["clusterIP"] != "None")
+            .expect("a normal Service");
+        for svc in [headless, normal] {
+            let name = str_of(&svc["metadata"], "name");
+            assert!(
+                dns_names.split(',').any(|n| n == name),
+                "{path}: {name} not in DNS_NAMES={dns_names}"
+            );
+            assert_eq!(
+                svc["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"],
+                "{path}"
+            );
+        }
+        // Every literal value parses as the setting it sets.
+        let mut argv = vec!["rollcall".to_string()];
+        for (name, e) in &env {
+            if let Some(value) = e["value"].as_str() {
+                argv.push(format!(
+                    "--{}={value}",
+                    name.to_ascii_lowercase().replace('_', "-")
+                ));
+            }
+        }
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{path}: {argv:?}: {e}"));
+        cli.settings
+            .validate()
+            .unwrap_or_else(|e| panic!("{path}: {argv:?}: {e}"));
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let path = str_of(&container[probe]["httpGet"], "path");
+            let resp = client().get(r.url(path)).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{probe} {path}");
+        }
+        // The drain (DRAIN_SECS at most, goodbye, close deadline) fits the grace period.
+        let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("terminationGracePeriodSeconds");
+        let drain = Cli::try_parse_from(["rollcall"])
+            .expect("defaults")
+            .settings
+            .drain
+            .as_secs();
+        assert!(
+            grace >= drain + 2 + rollcall::drain::CLOSE_DEADLINE.as_secs(),
+            "{path}: grace {grace} s"
+        );
     }
-    // The drain (DRAIN_SECS at most, goodbye, close deadline) fits the grace period.
-    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        .as_u64()
-        .expect("terminationGracePeriodSeconds");
-    let drain = Cli::try_parse_from(["rollcall"])
-        .expect("defaults")
-        .settings
-        .drain
-        .as_secs();
-    assert!(
-        grace >= drain + 2 + rollcall::drain::CLOSE_DEADLINE.as_secs(),
-        "grace {grace} s"
-    );
 }
 
 /// The Pod Security Standards "restricted" profile, as kubernetes/pod-security-admission
-/// checks it, plus a read-only root filesystem and no service-account token.
+/// checks it, plus a read-only root filesystem; no service-account token, except in the
+/// variant that calls the API with it.
 #[test]
 fn kubernetes_pod_meets_the_restricted_profile() {
-    let docs = yaml_docs("deploy/kubernetes.yaml");
-    let (pod, container) = container_security(&docs);
-    let pod_security = &pod["securityContext"];
-    let either = |key: &str| {
-        if container[key].is_null() {
-            pod_security[key].clone()
+    for path in KUBERNETES_MANIFESTS {
+        let docs = yaml_docs(path);
+        let (pod, container) = container_security(&docs);
+        let pod_security = &pod["securityContext"];
+        let either = |key: &str| {
+            if container[key].is_null() {
+                pod_security[key].clone()
+            } else {
+                container[key].clone()
+            }
+        };
+        assert_eq!(either("runAsNonRoot").as_bool(), Some(true), "{path}");
+        let user = either("runAsUser").as_u64().expect("a numeric runAsUser");
+        assert_ne!(user, 0, "{path}");
+        assert_eq!(
+            user.to_string(),
+            image_of(&read("Dockerfile"))
+                .user
+                .split(':')
+                .next()
+                .unwrap_or_default(),
+            "{path}: the pod's user is the image's"
+        );
+        assert_eq!(either("seccompProfile")["type"], "RuntimeDefault", "{path}");
+        assert_eq!(
+            container["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{path}"
+        );
+        assert_eq!(
+            strings(&container["capabilities"]["drop"]),
+            Some(vec!["ALL".to_string()]),
+            "{path}"
+        );
+        assert!(container["capabilities"]["add"].is_null(), "{path}");
+        assert_eq!(
+            container["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{path}"
+        );
+        let token = pod["automountServiceAccountToken"].as_bool();
+        if path == KUBERNETES_API {
+            // The API call needs the token, under the account the RoleBinding names.
+            assert_eq!(token, Some(true), "{path}");
+            assert!(pod["serviceAccountName"].is_string(), "{path}");
         } else {
-            container[key].clone()
+            assert_eq!(token, Some(false), "{path}");
+            assert!(pod["serviceAccountName"].is_null(), "{path}");
         }
-    };
-    assert_eq!(either("runAsNonRoot").as_bool(), Some(true));
-    let user = either("runAsUser").as_u64().expect("a numeric runAsUser");
-    assert_ne!(user, 0);
-    assert_eq!(
-        user.to_string(),
-        image_of(&read("Dockerfile"))
-            .user
-            .split(':')
-            .next()
-            .unwrap_or_default(),
-        "the pod's user is the image's"
-    );
-    assert_eq!(either("seccompProfile")["type"], "RuntimeDefault");
-    assert_eq!(container["allowPrivilegeEscalation"].as_bool(), Some(false));
-    assert_eq!(
-        strings(&container["capabilities"]["drop"]),
-        Some(vec!["ALL".to_string()])
-    );
-    assert!(container["capabilities"]["add"].is_null());
-    assert_eq!(container["readOnlyRootFilesystem"].as_bool(), Some(true));
-    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
-    for key in ["hostNetwork", "hostPID", "hostIPC"] {
-        assert!(pod[key].is_null(), "{key}");
+        for key in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod[key].is_null(), "{path}: {key}");
+        }
+        assert!(
+            container["privileged"].is_null() || container["privileged"] == false,
+            "{path}: privileged"
+        );
+        for volume in pod["volumes"].as_sequence().into_iter().flatten() {
+            assert!(volume["hostPath"].is_null(), "{path}: hostPath volume");
+        }
     }
-    assert!(
-        container["privileged"].is_null() || container["privileged"] == false,
-        "privileged"
+}
+
+/// The variant's token may read pods in its own namespace and do nothing else, and it is
+/// the Deployment's pods that hold it.
+#[test]
+fn kubernetes_api_role_allows_reading_pods_only() {
+    let docs = yaml_docs(KUBERNETES_API);
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(
+            !kinds(&docs).contains(&kind),
+            "a {kind} would reach beyond the namespace"
+        );
+    }
+    // Every object lands in the namespace `kubectl apply -n` names, together.
+    for doc in &docs {
+        assert!(
+            doc["metadata"]["namespace"].is_null(),
+            "{} names a namespace",
+            str_of(&doc["metadata"], "name")
+        );
+    }
+    let account = only(&docs, "ServiceAccount");
+    let account_name = str_of(&account["metadata"], "name");
+    let role = only(&docs, "Role");
+    let role_name = str_of(&role["metadata"], "name");
+    let rules = role["rules"].as_sequence().expect("rules");
+    assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+    let rule = rules[0].as_mapping().expect("a rule");
+    let mut keys: Vec<&str> = rule.keys().filter_map(Value::as_str).collect();
+    keys.sort_unstable();
+    // No resourceNames (a list is not by name) and no nonResourceURLs.
+    assert_eq!(keys, ["apiGroups", "resources", "verbs"], "{rule:?}");
+    // The core group ("") only, pods only (not pods/log, pods/exec, …), no wildcard.
+    assert_eq!(strings(&rules[0]["apiGroups"]), Some(vec![String::new()]));
+    assert_eq!(
+        strings(&rules[0]["resources"]),
+        Some(vec!["pods".to_string()])
+    );
+    let mut verbs = strings(&rules[0]["verbs"]).expect("verbs");
+    verbs.sort();
+    // rollcall only lists: no get, no watch, nothing that writes, no *.
+    assert_eq!(verbs, ["list"]);
+
+    let binding = only(&docs, "RoleBinding");
+    let role_ref = &binding["roleRef"];
+    assert_eq!(str_of(role_ref, "apiGroup"), "rbac.authorization.k8s.io");
+    assert_eq!(str_of(role_ref, "kind"), "Role");
+    assert_eq!(str_of(role_ref, "name"), role_name);
+    let subjects = binding["subjects"].as_sequence().expect("subjects");
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert_eq!(str_of(&subjects[0], "kind"), "ServiceAccount");
+    assert_eq!(str_of(&subjects[0], "name"), account_name);
+    // Without a namespace, the binding's own (RBAC's rule for ServiceAccount subjects).
+    assert!(subjects[0]["namespace"].is_null(), "{subjects:?}");
+
+    let pod = &deployment(&docs)["spec"]["template"]["spec"];
+    assert_eq!(str_of(pod, "serviceAccountName"), account_name);
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
+
+    // The platform method asks for exactly the Deployment's pods, in the pod's namespace.
+    let container = kubernetes_container(&docs);
+    let env = |name: &str| {
+        container["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not set"))
+            .clone()
+    };
+    assert_eq!(env("PLATFORM_API")["value"], "kubernetes");
+    let selector = str_of(&env("PLATFORM_API_SELECTOR"), "value").to_string();
+    let labels: serde_yaml::Mapping = selector
+        .split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').expect("key=value");
+            (Value::from(k), Value::from(v))
+        })
+        .collect();
+    let deployment = deployment(&docs);
+    assert_eq!(
+        Value::Mapping(labels.clone()),
+        deployment["spec"]["selector"]["matchLabels"],
+        "PLATFORM_API_SELECTOR={selector}"
+    );
+    assert_eq!(
+        Value::Mapping(labels),
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(
+        env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
     );
 }
 
-/// The manifest validated by a real Kubernetes schema validator (kubernetes-validate, from
-/// PyPI, with the API schemas bundled), in strict mode: no unknown or misplaced field.
+/// The variant is the plain manifest plus API access, nothing else: the same Deployment
+/// and Services, so the two cannot drift apart.
 #[test]
-fn kubernetes_manifest_validates_strictly() {
-    let manifest = repo("deploy/kubernetes.yaml");
-    let out = match Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
-        .arg(&manifest)
-        .output()
-    {
-        Ok(out) if !String::from_utf8_lossy(&out.stderr).contains("No module named") => out,
+fn kubernetes_api_variant_is_the_plain_manifest_plus_api_access() {
+    let plain = yaml_docs(KUBERNETES);
+    let mut variant: Vec<Value> = yaml_docs(KUBERNETES_API)
+        .into_iter()
+        .filter(|d| !["ServiceAccount", "Role", "RoleBinding"].contains(&str_of(d, "kind")))
+        .collect();
+    let deployment = variant
+        .iter_mut()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &mut deployment["spec"]["template"]["spec"];
+    pod.as_mapping_mut()
+        .expect("a pod spec")
+        .remove("serviceAccountName");
+    pod["automountServiceAccountToken"] = Value::Bool(false);
+    pod["containers"][0]["env"]
+        .as_sequence_mut()
+        .expect("env")
+        .retain(|e| !KUBERNETES_API_ENV.contains(&str_of(e, "name")));
+    assert_eq!(variant, plain);
+}
+
+/// Runs kubernetes-validate (from PyPI, with the API schemas bundled) as `python3 args`;
+/// `None` when it is not installed (outside CI the test then says it is skipped).
+fn kubernetes_validate(args: &[&str]) -> Option<std::process::Output> {
+    match Command::new("python3").args(args).output() {
+        Ok(out) if !String::from_utf8_lossy(&out.stderr).contains("No module named") => Some(out),
         other => {
             let e = other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
             assert!(
@@ -712,13 +905,100 @@ fn kubernetes_manifest_validates_strictly() {
             println!(
                 "skipped: kubernetes-validate is not installed ({e:?}); scripts/test installs it"
             );
-            return;
+            None
         }
+    }
+}
+
+/// The manifests validated by a real Kubernetes schema validator, in strict mode: no
+/// unknown or misplaced field.
+#[test]
+fn kubernetes_manifest_validates_strictly() {
+    for path in KUBERNETES_MANIFESTS {
+        let manifest = repo(path);
+        let manifest = manifest.to_str().expect("a UTF-8 path");
+        let args = ["-m", "kubernetes_validate", "--strict", "--quiet", manifest];
+        let Some(out) = kubernetes_validate(&args) else {
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "kubernetes-validate --strict failed for {path}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The PodList the Kubernetes tests are served is one the API server could send: the
+/// PodList schema (Kubernetes' OpenAPI, as kubernetes-validate bundles it), strictly.
+#[test]
+fn kubernetes_pod_list_fixture_validates_strictly() {
+    let fixture = repo("tests/fixtures/platform/kubernetes-pods.json");
+    let script = "import json, sys, kubernetes_validate as kv\n\
+                  print(kv.validate(json.load(open(sys.argv[1])), kv.latest_version(), strict=True))";
+    let Some(out) = kubernetes_validate(&["-c", script, fixture.to_str().expect("UTF-8")]) else {
+        return;
     };
     assert!(
         out.status.success(),
-        "kubernetes-validate --strict failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "the PodList fixture does not validate:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The Machines list the Fly tests are served has the properties Fly documents for a
+/// Machine (superfly/docs machines/api/machines-resource.html.markerb), in the states
+/// Fly documents (machines/machine-states.html.markerb).
+#[test]
+fn fly_machines_fixture_has_the_documented_shape() {
+    let body = read("tests/fixtures/platform/fly-machines.json");
+    let machines: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let machines = machines
+        .as_array()
+        .expect("a bare array, as List Machines answers");
+    assert!(!machines.is_empty());
+    const STATES: &[&str] = &[
+        "created",
+        "started",
+        "stopped",
+        "suspended",
+        "failed",
+        "creating",
+        "starting",
+        "stopping",
+        "restarting",
+        "suspending",
+        "destroying",
+        "launch_failed",
+        "updating",
+        "replacing",
+        "destroyed",
+        "replaced",
+        "migrated",
+    ];
+    for m in machines {
+        for key in [
+            "id",
+            "name",
+            "state",
+            "region",
+            "instance_id",
+            "private_ip",
+            "config",
+            "image_ref",
+            "created_at",
+            "updated_at",
+        ] {
+            assert!(!m[key].is_null(), "{key} missing in {m}");
+        }
+        let state = m["state"].as_str().expect("state");
+        assert!(STATES.contains(&state), "{state}");
+        let ip: std::net::Ipv6Addr = m["private_ip"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .expect("a 6PN IPv6 private_ip");
+        assert_eq!(ip.segments()[0], 0xfdaa, "6PN addresses are in fdaa::/16");
+        assert!(m["config"]["metadata"]["fly_process_group"].is_string());
+    }
 }
