@@ -500,6 +500,17 @@ impl FromStr for Secret {
 pub struct HttpUrl(url::Url);
 
 impl HttpUrl {
+    /// Whether what is sent to it is safe from the network: https, or a loopback host.
+    pub fn is_private_to_this_machine(&self) -> bool {
+        self.0.scheme() == "https"
+            || match self.0.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            }
+    }
+
     /// The URL of `path` on the public address.
     pub fn join(&self, path: &str) -> String {
         format!("{}{path}", self.0.as_str().trim_end_matches('/'))
@@ -734,6 +745,15 @@ impl Settings {
                 self.registry_heartbeat.as_secs()
             ));
         }
+        if let Some(url) = &self.platform_api_url
+            && !url.is_private_to_this_machine()
+        {
+            return Err(format!(
+                "PLATFORM_API_URL ({}) must be https:// (the API token would travel in clear), \
+                 except on loopback",
+                url.0
+            ));
+        }
         match self.platform_api {
             PlatformApi::Digitalocean
                 if self.digitalocean_token.is_none() || self.app_id.is_none() =>
@@ -769,10 +789,7 @@ pub fn one_line_error(err: &clap::Error) -> String {
     let mut rendered = err.render().to_string();
     // A rejected DATABASE_URL is echoed by clap: mask anything that looks like a password.
     if let Some(value) = err.get(ContextKind::InvalidValue).map(|v| v.to_string()) {
-        // A value with a newline would break the one line (and could forge a log line).
-        rendered = rendered.replace(&value, &value.escape_debug().to_string());
-        rendered = DatabaseUrl(value.clone()).scrub(&rendered);
-        if err.get(ContextKind::InvalidArg).is_some_and(|a| {
+        let secret = err.get(ContextKind::InvalidArg).is_some_and(|a| {
             let a = a.to_string();
             [
                 "--cluster-secret",
@@ -781,9 +798,14 @@ pub fn one_line_error(err: &clap::Error) -> String {
             ]
             .iter()
             .any(|secret| a.starts_with(secret))
-        }) && !value.is_empty()
-        {
+        });
+        if secret && !value.is_empty() {
+            // Masked before anything else rewrites it, so no escaped form slips through.
             rendered = rendered.replace(&value, "***");
+        } else {
+            // A value with a newline would break the one line (and could forge a log line).
+            rendered = rendered.replace(&value, &value.escape_debug().to_string());
+            rendered = DatabaseUrl(value.clone()).scrub(&rendered);
         }
     }
     let first = rendered

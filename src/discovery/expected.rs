@@ -2,9 +2,18 @@
 //! the table whenever a view is built (so a death after the listing shows at once).
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::membership::{Member, Snapshot, State};
+
+/// How long the last listing stands for the platform's word while its API fails.
+pub const KEEP_LISTING: Duration = Duration::from_secs(300);
+
+/// A listed name as it is kept: whole (it must match the replica's own name, up to 253
+/// bytes), without control characters.
+pub fn listed_name(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(253).collect()
+}
 
 /// One instance as the platform lists it.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +69,12 @@ impl Expected {
         self.instances.iter().filter(|i| i.running)
     }
 
+    /// Whether the listing still speaks for the platform: answers are fresh each round,
+    /// and a failing API's last answer stands for [`KEEP_LISTING`].
+    pub fn is_current(&self, failed: bool) -> bool {
+        !failed || self.listed_at.elapsed() < KEEP_LISTING
+    }
+
     /// How `listed` stands in `snapshot`, `me` being this replica's name.
     pub fn find<'a>(listed: &Listed, snapshot: &'a Snapshot, me: &str) -> Match<'a> {
         if listed.name == me {
@@ -77,14 +92,18 @@ impl Expected {
             .map_or(Match::NotFound, Match::Member)
     }
 
-    /// Running instances that are not found now, this replica aside.
+    /// Running instances that are not found now, this replica aside. One that said
+    /// goodbye is on its way out (the listing lags a scale-down), not missing.
     pub fn missing<'a>(
         &'a self,
         snapshot: &'a Snapshot,
         me: &'a str,
     ) -> impl Iterator<Item = &'a Listed> + 'a {
         self.running()
-            .filter(move |i| !Expected::find(i, snapshot, me).is_current())
+            .filter(move |i| match Expected::find(i, snapshot, me) {
+                Match::Member(m) => matches!(m.state, State::Dead),
+                found => !found.is_current(),
+            })
     }
 
     /// Whether this replica is among the instances listed (else the listing is of

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use self::api::{ApiError, Backoff};
 use super::candidate::Candidate;
-use super::expected::{Expected, Listed};
+use super::expected::{Expected, KEEP_LISTING, Listed};
 use super::report::Report;
 use super::source::{Round, SETTLE, Source};
 use crate::config::{HttpUrl, PlatformApi, Settings};
@@ -44,9 +44,6 @@ pub struct Listing {
     pub instances: Vec<Listed>,
     pub truncated: bool,
 }
-
-/// How long the last listing stands for the platform's word while its API fails.
-const KEEP_LISTING: Duration = Duration::from_secs(300);
 
 pub struct PlatformSource {
     lister: Box<dyn Lister>,
@@ -112,10 +109,14 @@ impl PlatformSource {
                 "; the API gives names, not addresses: other methods must find the replicas",
             );
         }
+        // A name twice (a broken answer) is one instance.
+        let mut names = std::collections::HashSet::new();
+        let mut instances = listing.instances;
+        instances.retain(|i| names.insert(i.name.clone()));
         self.last = Some(Expected {
             platform: self.lister.platform(),
             scope: listing.scope,
-            instances: listing.instances,
+            instances,
             truncated: listing.truncated,
             listed_at: Instant::now(),
         });
@@ -141,10 +142,10 @@ impl PlatformSource {
             self.lister.url(),
             self.wait.as_secs()
         );
-        if let Some(last) = kept {
+        if kept.is_some() {
             detail.push_str(&format!(
-                "; the instances below are from its answer {} s ago",
-                last.listed_at.elapsed().as_secs()
+                "; its last answer stands for {} min",
+                KEEP_LISTING.as_secs() / 60
             ));
         }
         Report {
@@ -223,6 +224,13 @@ fn lister(
         ) {
             (Some(_), Some(_), _) => PlatformApi::Digitalocean,
             (_, _, Some(_)) => PlatformApi::Fly,
+            (Some(_), None, _) => {
+                return Err(
+                    "DIGITALOCEAN_TOKEN is set but APP_ID is not (`${APP_ID}` in the \
+                            app spec)"
+                        .into(),
+                );
+            }
             _ => return Err(why_off(me.platform.name)),
         },
         given => given,
@@ -248,11 +256,9 @@ fn lister(
                 .fly_api_token
                 .clone()
                 .ok_or("PLATFORM_API=fly needs FLY_API_TOKEN")?;
-            let app = env("FLY_APP_NAME")
-                .map(|a| crate::config::path_segment(&a))
-                .transpose()
-                .map_err(|e| format!("FLY_APP_NAME {e}"))?
-                .ok_or("FLY_API_TOKEN is set but FLY_APP_NAME is not (Fly sets it)")?;
+            // Fly sets FLY_APP_NAME, which is also the service's name by default.
+            let app = env("FLY_APP_NAME").unwrap_or_else(|| me.service().to_string());
+            let app = crate::config::path_segment(&app).map_err(|e| format!("the Fly app {e}"))?;
             Ok((
                 Box::new(fly::Fly {
                     base: base(fly::DEFAULT_URL)?,

@@ -96,7 +96,7 @@ pub struct NotFoundView {
     pub addr: Option<std::net::IpAddr>,
     /// The platform's word on it.
     pub state: String,
-    /// What this replica knows of that name, if anything ("stopped answering").
+    /// "stopped answering" when a member of that name is dead here.
     pub here: Option<&'static str>,
 }
 
@@ -194,9 +194,12 @@ impl Status {
             mesh_summary::mesh_fields(&states, (&me.instance_id, own_row), &others);
         let mut census = Census::of(&snapshot);
         let reports = sources.reports.all();
+        // A listing that does not name this replica is of something else (another
+        // component, names that are not hostnames here): it expects nothing of this view.
         let expected = reports
             .get(&Method::Platform)
-            .and_then(|r| r.expected.as_ref());
+            .and_then(|r| r.expected.as_ref().filter(|e| e.is_current(r.failed)))
+            .filter(|e| e.lists(&me.name));
         let not_found = expected
             .map(|e| not_found(e, &snapshot, &me.name))
             .unwrap_or_default();
@@ -424,7 +427,11 @@ fn method_view(
         evidence: report.evidence.clone(),
         claimed: report.claimed(snapshot),
     };
-    if let Some(expected) = &report.expected {
+    if let Some(expected) = report
+        .expected
+        .as_ref()
+        .filter(|e| e.is_current(report.failed))
+    {
         listing_view(&mut view, expected, report.failed, snapshot, me);
     }
     view
@@ -457,7 +464,6 @@ fn listing_view(
         })
         .collect();
     let running = expected.running().count();
-    view.found = found;
     view.status = match (failed, expected.lists(me)) {
         (true, _) => MethodStatus::Fails,
         (false, true) => MethodStatus::Works,
@@ -532,13 +538,9 @@ fn not_found(expected: &Expected, snapshot: &Snapshot, me: &str) -> Vec<NotFound
             alias: listed.alias.clone(),
             addr: listed.addr,
             state: listed.state.clone(),
-            here: match Expected::find(listed, snapshot, me) {
-                Match::Member(m) => Some(match m.state {
-                    State::Left => "said goodbye",
-                    _ => "stopped answering",
-                }),
-                _ => None,
-            },
+            // Only the dead are missing by name (see `Expected::missing`).
+            here: matches!(Expected::find(listed, snapshot, me), Match::Member(_))
+                .then_some("stopped answering"),
         })
         .collect()
 }
@@ -576,6 +578,8 @@ pub fn verdict(census: &Census, discovery: &[MethodView]) -> String {
     let working: Vec<&str> = discovery
         .iter()
         .filter(|d| d.status == MethodStatus::Works)
+        // Names alone (App Platform) tell who runs, not where: that finds nobody.
+        .filter(|d| d.method != Method::Platform || d.found > 0)
         .map(|d| d.method.as_str())
         .collect();
     if !working.is_empty() && reachable > 0 {
@@ -829,14 +833,15 @@ mod tests {
 
     #[test]
     fn instances_the_platform_runs_and_nobody_found_are_told_and_warned_of() {
-        let report = [method(Method::Platform, MethodStatus::Works, 2)];
+        // App Platform's API found nobody (names only): it is not named as a finder.
+        let report = [method(Method::Platform, MethodStatus::Works, 0)];
         let one = Census {
             missing: 1,
             ..census(1, 0)
         };
         assert_eq!(
             verdict(&one, &report),
-            "Replicas can call each other directly (1 reachable); found by platform; 1 instance the platform runs has not been found."
+            "Replicas can call each other directly (1 reachable); 1 instance the platform runs has not been found."
         );
         assert_eq!(verdict_tone(&one), Tone::Warn);
         let alone = Census {
@@ -900,7 +905,8 @@ mod tests {
         };
         let seen = view(&table, "ms-gtxdh");
         assert_eq!(seen.status, MethodStatus::Works);
-        assert_eq!(seen.found, 2);
+        // Found by this method: none (names only); by name among members: 2.
+        assert_eq!(seen.found, 0);
         assert!(
             seen.detail.starts_with(
                 "App Platform runs 3 instances of component main-service: found 2; not found: ms-vprdj. GET"
@@ -926,11 +932,20 @@ mod tests {
         let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].name, "ms-vprdj");
-        // B dies: by name it is missing now, and the view says what became of it.
-        table.left("B");
+        // B is dead: by name it is missing now, and the view says what became of it.
+        table.replaced("B", "gone");
         let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
         assert_eq!(missing.len(), 2);
-        assert_eq!(missing[0].here, Some("said goodbye"));
+        assert_eq!(missing[0].here, Some("stopped answering"));
+        // One that said goodbye is on its way out (the listing lags a scale-down).
+        table.admit(
+            identity("B2", "ms-rq7kk", "127.0.0.3:80"),
+            Method::Scan,
+            0.3,
+        );
+        assert!(table.left("B2"));
+        let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
+        assert_eq!(missing.len(), 1, "{missing:?}");
         // A listing without this replica is of something else.
         let elsewhere = view(&table, "ms-other");
         assert_eq!(elsewhere.status, MethodStatus::Partial);

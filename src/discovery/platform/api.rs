@@ -14,6 +14,63 @@ pub const MAX_INSTANCES: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
 
+/// A list of which only the first [`MAX_INSTANCES`] items are kept; the rest are read
+/// past without being built (a 4 MiB answer of `{},` would otherwise be a million items).
+#[derive(Debug)]
+pub struct Capped<T> {
+    pub items: Vec<T>,
+    /// How many the answer held.
+    pub total: usize,
+}
+
+impl<T> Capped<T> {
+    pub fn truncated(&self) -> bool {
+        self.total > self.items.len()
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Capped<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Capped<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Capped<T>, A::Error> {
+                let mut items = Vec::new();
+                let mut total = 0;
+                while total < MAX_INSTANCES {
+                    match seq.next_element()? {
+                        Some(item) => items.push(item),
+                        None => return Ok(Capped { items, total }),
+                    }
+                    total += 1;
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    total += 1;
+                }
+                Ok(Capped { items, total })
+            }
+        }
+        deserializer.deserialize_seq(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// An answer that does not parse, in a few words: serde quotes the offending value whole.
+pub fn malformed(e: &serde_json::Error) -> ApiError {
+    ApiError::Malformed(
+        e.to_string()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect(),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("token refused ({status}): {message}")]
@@ -213,6 +270,20 @@ mod tests {
             backoff.next(second, Err(&limited(86_400))),
             MAX_RATE_LIMIT_WAIT
         );
+    }
+
+    #[test]
+    fn a_long_list_is_read_past_not_kept() {
+        let body = format!("[{}0]", "1,".repeat(100_000));
+        let capped: Capped<u32> = serde_json::from_str(&body).unwrap();
+        assert_eq!(capped.items.len(), MAX_INSTANCES);
+        assert_eq!(capped.total, 100_001);
+        assert!(capped.truncated());
+        let short: Capped<u32> = serde_json::from_str("[1, 2]").unwrap();
+        assert_eq!((short.items, short.total), (vec![1, 2], 2));
+        let huge = format!("{{\"instances\": \"{}\"}}", "x".repeat(1 << 20));
+        let err = serde_json::from_str::<Capped<u32>>(&huge).unwrap_err();
+        assert!(malformed(&err).to_string().len() < 240);
     }
 
     #[test]

@@ -4,10 +4,10 @@
 
 use serde::Deserialize;
 
-use super::api::{ApiError, MAX_INSTANCES};
+use super::api::{ApiError, Capped, malformed};
 use super::{Lister, Listing};
 use crate::config::{ApiToken, HttpUrl};
-use crate::discovery::expected::Listed;
+use crate::discovery::expected::{Listed, listed_name};
 
 pub const DEFAULT_URL: &str = "https://api.digitalocean.com";
 
@@ -21,7 +21,7 @@ pub struct AppPlatform {
 
 #[derive(Deserialize)]
 struct Answer {
-    instances: Vec<Instance>,
+    instances: Capped<Instance>,
 }
 
 #[derive(Deserialize)]
@@ -54,26 +54,26 @@ impl Lister for AppPlatform {
     /// The instances of this replica's component: the one its own instance belongs to,
     /// else the one named like its service.
     fn read(&self, body: &[u8], me: &str) -> Result<Listing, ApiError> {
-        let answer: Answer =
-            serde_json::from_slice(body).map_err(|e| ApiError::Malformed(e.to_string()))?;
+        let answer: Answer = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
         let component = answer
             .instances
+            .items
             .iter()
             .find(|i| i.instance_name == me)
             .map_or(self.service.as_str(), |i| i.component_name.as_str());
         let mine: Vec<&Instance> = answer
             .instances
+            .items
             .iter()
             .filter(|i| i.component_name == component && !i.instance_name.is_empty())
             .collect();
         Ok(Listing {
             scope: format!("component {}", crate::verify::clip(component)),
-            truncated: mine.len() > MAX_INSTANCES,
+            truncated: answer.instances.truncated(),
             instances: mine
                 .into_iter()
-                .take(MAX_INSTANCES)
                 .map(|i| Listed {
-                    name: crate::verify::clip(&i.instance_name),
+                    name: listed_name(&i.instance_name),
                     alias: i.instance_alias.as_deref().map(crate::verify::clip),
                     addr: None,
                     state: "running".into(),

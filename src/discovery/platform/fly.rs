@@ -5,10 +5,10 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::api::{ApiError, MAX_INSTANCES};
+use super::api::{ApiError, Capped, malformed};
 use super::{Lister, Listing};
 use crate::config::{ApiToken, HttpUrl};
-use crate::discovery::expected::Listed;
+use crate::discovery::expected::{Listed, listed_name};
 
 pub const DEFAULT_URL: &str = "https://api.machines.dev";
 
@@ -61,9 +61,9 @@ impl Lister for Fly {
     }
 
     fn read(&self, body: &[u8], _me: &str) -> Result<Listing, ApiError> {
-        let machines: Vec<Machine> =
-            serde_json::from_slice(body).map_err(|e| ApiError::Malformed(e.to_string()))?;
+        let machines: Capped<Machine> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
         let mine: Vec<&Machine> = machines
+            .items
             .iter()
             .filter(|m| match (&self.process_group, m.process_group()) {
                 (Some(want), Some(group)) => want == group,
@@ -80,14 +80,13 @@ impl Lister for Fly {
         };
         Ok(Listing {
             scope,
-            truncated: mine.len() > MAX_INSTANCES,
+            truncated: machines.truncated(),
             instances: mine
                 .into_iter()
-                .take(MAX_INSTANCES)
                 .map(|m| {
                     let state = m.state.as_deref().unwrap_or("unknown");
                     Listed {
-                        name: crate::verify::clip(&m.id),
+                        name: listed_name(&m.id),
                         alias: m.name.as_deref().map(crate::verify::clip),
                         addr: m
                             .private_ip

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::api::{ApiError, MAX_INSTANCES};
+use super::api::{ApiError, Capped, malformed};
 use super::{Lister, Listing};
 use crate::config::HttpUrl;
-use crate::discovery::expected::Listed;
+use crate::discovery::expected::{Listed, listed_name};
 
 /// Pods asked for in one request; more are reported as not read.
 const PAGE: usize = 500;
@@ -29,7 +29,7 @@ pub struct Kubernetes {
 struct PodList {
     #[serde(default)]
     metadata: ListMeta,
-    items: Vec<Pod>,
+    items: Capped<Pod>,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,8 +123,7 @@ impl Lister for Kubernetes {
     }
 
     fn read(&self, body: &[u8], _me: &str) -> Result<Listing, ApiError> {
-        let list: PodList =
-            serde_json::from_slice(body).map_err(|e| ApiError::Malformed(e.to_string()))?;
+        let list: PodList = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
         let more = list.metadata.more.is_some_and(|c| !c.is_empty());
         Ok(Listing {
             scope: format!(
@@ -132,8 +131,8 @@ impl Lister for Kubernetes {
                 crate::verify::clip(&self.selector),
                 self.namespace
             ),
-            truncated: more || list.items.len() > MAX_INSTANCES,
-            instances: list.items.iter().take(MAX_INSTANCES).map(listed).collect(),
+            truncated: more || list.items.truncated(),
+            instances: list.items.items.iter().map(listed).collect(),
         })
     }
 }
@@ -153,7 +152,7 @@ fn listed(pod: &Pod) -> Listed {
         (other, false, _) => crate::verify::clip(other),
     };
     Listed {
-        name: crate::verify::clip(&pod.metadata.name),
+        name: listed_name(&pod.metadata.name),
         alias: None,
         addr: pod
             .status
