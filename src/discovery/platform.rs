@@ -16,34 +16,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::api::{ApiError, Backoff};
+use self::api::{ApiError, Backoff, Lister, Listing};
 use super::candidate::Candidate;
-use super::expected::{Expected, KEEP_LISTING, Listed};
+use super::expected::{Expected, KEEP_LISTING};
 use super::report::Report;
 use super::source::{Round, SETTLE, Source};
 use crate::config::{HttpUrl, PlatformApi, Settings};
 use crate::identity::{Env, Me, PlatformName};
 use crate::membership::Snapshot;
 use crate::wire::Method;
-
-/// One platform's API: how to ask it, and how to read its answer.
-pub trait Lister: Send + Sync + 'static {
-    /// "App Platform", "Kubernetes", "Fly".
-    fn platform(&self) -> &'static str;
-    /// What is asked, without the query (shown in the report).
-    fn url(&self) -> String;
-    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, ApiError>;
-    /// The answer's instances of this replica's service; `me` is this replica's name.
-    fn read(&self, body: &[u8], me: &str) -> Result<Listing, ApiError>;
-}
-
-/// What one answer listed.
-#[derive(Debug)]
-pub struct Listing {
-    pub scope: String,
-    pub instances: Vec<Listed>,
-    pub truncated: bool,
-}
 
 pub struct PlatformSource {
     lister: Box<dyn Lister>,

@@ -4,6 +4,8 @@
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
+
+use crate::discovery::expected::Listed;
 use reqwest::header::HeaderMap;
 
 /// The most of an answer that is read; a bigger one is refused, not parsed.
@@ -13,6 +15,25 @@ pub const MAX_INSTANCES: usize = 512;
 /// The longest wait after failures, and after a rate limit.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
+
+/// One platform's API: how to ask it, and how to read its answer.
+pub trait Lister: Send + Sync + 'static {
+    /// "App Platform", "Kubernetes", "Fly".
+    fn platform(&self) -> &'static str;
+    /// What is asked, without the query (shown in the report).
+    fn url(&self) -> String;
+    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, ApiError>;
+    /// The answer's instances of this replica's service; `me` is this replica's name.
+    fn read(&self, body: &[u8], me: &str) -> Result<Listing, ApiError>;
+}
+
+/// What one answer listed.
+#[derive(Debug)]
+pub struct Listing {
+    pub scope: String,
+    pub instances: Vec<Listed>,
+    pub truncated: bool,
+}
 
 /// A list of which only the first [`MAX_INSTANCES`] items are kept; the rest are read
 /// past without being built (a 4 MiB answer of `{},` would otherwise be a million items).

@@ -5,8 +5,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::api::{ApiError, Capped, malformed};
-use super::{Lister, Listing};
+use super::api::{ApiError, Capped, Lister, Listing, malformed};
 use crate::config::{ApiToken, HttpUrl};
 use crate::discovery::expected::{Listed, listed_name};
 

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::api::{ApiError, Capped, malformed};
-use super::{Lister, Listing};
+use super::api::{ApiError, Capped, Lister, Listing, malformed};
 use crate::config::HttpUrl;
 use crate::discovery::expected::{Listed, listed_name};
 
