@@ -63,7 +63,7 @@ impl PlatformSource {
     }
 
     async fn ask(&self) -> Result<Listing, ApiError> {
-        let body = api::fetch(self.lister.request(&self.client)?).await?;
+        let body = api::fetch(&self.client, self.lister.ask()?).await?;
         self.lister.read(&body, &self.name())
     }
 

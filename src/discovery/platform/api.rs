@@ -22,7 +22,8 @@ pub trait Lister: Send + Sync + 'static {
     fn platform(&self) -> &'static str;
     /// What is asked, without the query (shown in the report).
     fn url(&self) -> String;
-    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, ApiError>;
+    /// What to ask: the URL with its query, and the token to send.
+    fn ask(&self) -> Result<Ask, ApiError>;
     /// The answer's instances of this replica's service; `me` is this replica's name.
     fn read(&self, body: &[u8], me: &str) -> Result<Listing, ApiError>;
 }
@@ -132,9 +133,19 @@ pub fn client(root: Option<reqwest::Certificate>) -> Result<reqwest::Client, req
     .build()
 }
 
-/// Sends `request` and reads at most [`MAX_BODY`] of a successful answer.
-pub async fn fetch(request: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiError> {
-    let mut response = request
+/// One request to a platform's API: a GET with the token as a bearer token.
+pub struct Ask {
+    pub url: String,
+    pub token: secrecy::SecretString,
+}
+
+/// Sends `ask` and reads at most [`MAX_BODY`] of a successful answer.
+pub async fn fetch(client: &reqwest::Client, ask: Ask) -> Result<Vec<u8>, ApiError> {
+    use secrecy::ExposeSecret;
+    let mut response = client
+        .get(ask.url)
+        .bearer_auth(ask.token.expose_secret())
+        .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
         .map_err(|e| ApiError::Unreachable(innermost(&e)))?;

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::api::{ApiError, Capped, Lister, Listing, malformed};
+use super::api::{ApiError, Ask, Capped, Lister, Listing, malformed};
 use crate::config::{ApiToken, HttpUrl};
 use crate::discovery::expected::{Listed, listed_name};
 
@@ -43,11 +43,11 @@ impl Lister for AppPlatform {
             .join(&format!("/v2/apps/{}/instances", self.app_id))
     }
 
-    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, ApiError> {
-        Ok(client
-            .get(self.url())
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json"))
+    fn ask(&self) -> Result<Ask, ApiError> {
+        Ok(Ask {
+            url: self.url(),
+            token: self.token.expose().into(),
+        })
     }
 
     /// The instances of this replica's component: the one its own instance belongs to,

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::api::{ApiError, Capped, Lister, Listing, malformed};
+use super::api::{ApiError, Ask, Capped, Lister, Listing, malformed};
 use crate::config::{ApiToken, HttpUrl};
 use crate::discovery::expected::{Listed, listed_name};
 
@@ -52,11 +52,11 @@ impl Lister for Fly {
         self.base.join(&format!("/v1/apps/{}/machines", self.app))
     }
 
-    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, ApiError> {
-        Ok(client
-            .get(self.url())
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json"))
+    fn ask(&self) -> Result<Ask, ApiError> {
+        Ok(Ask {
+            url: self.url(),
+            token: self.token.expose().into(),
+        })
     }
 
     fn read(&self, body: &[u8], _me: &str) -> Result<Listing, ApiError> {

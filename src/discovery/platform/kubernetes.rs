@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::api::{ApiError, Capped, Lister, Listing, malformed};
+use super::api::{ApiError, Ask, Capped, Lister, Listing, malformed};
 use crate::config::HttpUrl;
 use crate::discovery::expected::{Listed, listed_name};
 
@@ -105,7 +105,7 @@ impl Lister for Kubernetes {
             .join(&format!("/api/v1/namespaces/{}/pods", self.namespace))
     }
 
-    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, ApiError> {
+    fn ask(&self) -> Result<Ask, ApiError> {
         let limit = PAGE.to_string();
         let url = url::Url::parse_with_params(
             &self.url(),
@@ -115,10 +115,10 @@ impl Lister for Kubernetes {
             ],
         )
         .map_err(|e| ApiError::Setup(format!("bad API URL: {e}")))?;
-        Ok(client
-            .get(url)
-            .bearer_auth(self.token()?)
-            .header(reqwest::header::ACCEPT, "application/json"))
+        Ok(Ask {
+            url: url.into(),
+            token: self.token()?.into(),
+        })
     }
 
     fn read(&self, body: &[u8], _me: &str) -> Result<Listing, ApiError> {
@@ -201,8 +201,7 @@ mod tests {
 
     #[test]
     fn a_missing_token_is_said_plainly() {
-        let client = reqwest::Client::new();
-        let err = cluster().request(&client).err().map(|e| e.to_string());
+        let err = cluster().ask().err().map(|e| e.to_string());
         assert!(
             err.as_deref()
                 .is_some_and(|e| e.contains("cannot read the service-account token")),
