@@ -572,18 +572,23 @@ impl IndexPage {
     /// The evidence lines under a method: all of them, or in a large cluster the ones
     /// worth a look.
     fn evidence_shown<'a>(&self, d: &'a MethodView) -> Vec<&'a Evidence> {
-        if self.is_large() {
+        if self.summarises_evidence(d) {
             large_view::evidence(&d.evidence).0
         } else {
             d.evidence.iter().collect()
         }
     }
     fn evidence_left_out(&self, d: &MethodView) -> Option<String> {
-        if self.is_large() {
+        if self.summarises_evidence(d) {
             large_view::evidence(&d.evidence).1
         } else {
             None
         }
+    }
+    /// A large cluster, or a method with more lines than a large cluster shows (a
+    /// platform listing hundreds of instances while few replicas are found).
+    fn summarises_evidence(&self, d: &MethodView) -> bool {
+        self.is_large() || d.evidence.len() > large_view::EVIDENCE_SHOWN
     }
     /// The heat strip and worst rows of a large cluster.
     fn large_mesh_html(&self) -> String {
@@ -848,6 +853,24 @@ mod tests {
         assert!(
             members.contains("and 12 more instances the platform runs"),
             "{members}"
+        );
+        // Its evidence, one line an instance, is summarised like a large cluster's.
+        page.s.discovery[0].evidence = (0..500)
+            .map(|i| Evidence {
+                subject: format!("pod-{i}"),
+                status: MethodStatus::Partial,
+                detail: "Running, ready: not found yet".into(),
+            })
+            .collect();
+        let report = page.as_discovery().render().unwrap();
+        assert_eq!(
+            report.matches("pod-").count(),
+            large_view::EVIDENCE_SHOWN,
+            "{report}"
+        );
+        assert!(
+            report.contains("and 488 more lines (488 partial)"),
+            "{report}"
         );
     }
 
