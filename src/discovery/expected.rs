@@ -92,18 +92,16 @@ impl Expected {
             .map_or(Match::NotFound, Match::Member)
     }
 
-    /// Running instances that are not found now, this replica aside. One that said
-    /// goodbye is on its way out (the listing lags a scale-down), not missing.
+    /// Running instances no member by that name was ever found for, this replica
+    /// aside. One that died or said goodbye has a card of its own, and counts as history
+    /// (the listing lags a crash or a scale-down): it is not missing twice.
     pub fn missing<'a>(
         &'a self,
         snapshot: &'a Snapshot,
         me: &'a str,
     ) -> impl Iterator<Item = &'a Listed> + 'a {
         self.running()
-            .filter(move |i| match Expected::find(i, snapshot, me) {
-                Match::Member(m) => matches!(m.state, State::Dead),
-                found => !found.is_current(),
-            })
+            .filter(move |i| matches!(Expected::find(i, snapshot, me), Match::NotFound))
     }
 
     /// Whether this replica is among the instances listed (else the listing is of

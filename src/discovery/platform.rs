@@ -73,23 +73,22 @@ impl PlatformSource {
         }
         self.failing = false;
         self.wait = self.backoff.next(self.interval, Ok(()));
-        let running = listing.instances.iter().filter(|i| i.running).count();
-        let mut detail = format!(
-            "{} lists {running} running of {} instance(s) of {}{}",
-            self.lister.url(),
-            listing.instances.len(),
-            listing.scope,
-            if listing.truncated {
-                format!("; only the first {} were read", listing.instances.len())
-            } else {
-                String::new()
-            }
-        );
+        // The counts and names are told when the page is built (they change with the
+        // table); this says what only the answer knows.
+        let mut notes = Vec::new();
+        if listing.truncated {
+            notes.push(format!(
+                "only the first {} instances were read",
+                listing.instances.len()
+            ));
+        }
         if listing.instances.iter().all(|i| i.addr.is_none()) && !listing.instances.is_empty() {
-            detail.push_str(
-                "; the API gives names, not addresses: other methods must find the replicas",
+            notes.push(
+                "The API gives names, not addresses: other methods must find the replicas"
+                    .to_string(),
             );
         }
+        let detail = notes.join(". ");
         // A name twice (a broken answer) is one instance.
         let mut names = std::collections::HashSet::new();
         let mut instances = listing.instances;
@@ -123,6 +122,9 @@ impl PlatformSource {
             self.lister.url(),
             self.wait.as_secs()
         );
+        if matches!(error, ApiError::Refused { .. }) {
+            detail.push_str(" (restart the replica after fixing the token to ask at once)");
+        }
         if kept.is_some() {
             detail.push_str(&format!(
                 "; its last answer stands for {} min",

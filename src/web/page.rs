@@ -410,27 +410,32 @@ impl NotFoundView {
     fn addr_text(&self) -> String {
         match (self.addr, &self.alias) {
             (Some(ip), _) => format!("{ip} (from the platform's API)"),
-            (None, Some(alias)) => format!("{alias} · the API gives no address"),
-            (None, None) => "the API gives no address".into(),
+            (None, Some(alias)) => format!("alias {alias} · no address from the API"),
+            (None, None) => "no address from the API".into(),
         }
     }
     fn note_text(&self) -> String {
-        match self.here {
-            Some(here) => format!(
-                "{} says it is {}; here it {here}",
-                self.platform, self.state
-            ),
-            None => format!(
-                "{} says it is {}; no method has found it",
-                self.platform, self.state
-            ),
-        }
+        format!(
+            "{} says it is {}; no method has found it",
+            self.platform, self.state
+        )
     }
 }
 
 impl MethodView {
     fn name(&self) -> &'static str {
         self.method.as_str()
+    }
+    /// A platform API that gives names alone finds nobody itself: "names", not "0".
+    fn found_text(&self) -> String {
+        if self.method == crate::wire::Method::Platform
+            && self.found == 0
+            && !self.evidence.is_empty()
+        {
+            "names".into()
+        } else {
+            self.found.to_string()
+        }
     }
     fn last_run_text(&self) -> String {
         match (self.last_run_ms_ago, self.duration_ms) {
@@ -828,7 +833,6 @@ mod tests {
             alias: Some(format!("main-service-{i}")),
             addr: None,
             state: "running".into(),
-            here: None,
         };
         page.s.not_found = vec![missing(2)];
         let members = page.as_members().render().unwrap();
@@ -839,7 +843,7 @@ mod tests {
             "{members}"
         );
         assert!(members.contains("not found yet"), "{members}");
-        assert!(members.contains("main-service-2 · the API gives no address"));
+        assert!(members.contains("alias main-service-2 · no address from the API"));
         assert!(members.contains("App Platform says it is running; no method has found it"));
         assert!(
             plain(&page.s).contains(

@@ -96,8 +96,6 @@ pub struct NotFoundView {
     pub addr: Option<std::net::IpAddr>,
     /// The platform's word on it.
     pub state: String,
-    /// "stopped answering" when a member of that name is dead here.
-    pub here: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -450,15 +448,17 @@ fn listing_view(
 ) {
     let mut found = 0;
     let mut missing = Vec::new();
+    let mut gone = 0;
     view.evidence = expected
         .instances
         .iter()
         .map(|listed| {
             let matched = Expected::find(listed, snapshot, me);
-            if listed.running && matched.is_current() {
-                found += 1;
-            } else if listed.running {
-                missing.push(listed.name.as_str());
+            match (listed.running, matched) {
+                (true, Match::NotFound) => missing.push(listed.name.as_str()),
+                (true, m) if m.is_current() => found += 1,
+                (true, _) => gone += 1,
+                (false, _) => {}
             }
             listed_evidence(listed, matched)
         })
@@ -469,8 +469,20 @@ fn listing_view(
         (false, true) => MethodStatus::Works,
         (false, false) => MethodStatus::Partial,
     };
+    // A failing API's last answer is history: said in the past tense, with its age.
+    let (runs, when) = if failed {
+        (
+            "ran",
+            format!(
+                "When last asked, {} s ago, ",
+                expected.listed_at.elapsed().as_secs()
+            ),
+        )
+    } else {
+        ("runs", String::new())
+    };
     let mut summary = format!(
-        "{} runs {running} instance{} of {}: found {found}",
+        "{when}{} {runs} {running} instance{} of {}: found {found}",
         expected.platform,
         if running == 1 { "" } else { "s" },
         expected.scope
@@ -478,10 +490,20 @@ fn listing_view(
     if !missing.is_empty() {
         summary.push_str(&format!("; not found: {}", names_and_more(&missing, 8)));
     }
+    if gone > 0 {
+        summary.push_str(&format!(
+            "; {gone} stopped answering here and {} still listed",
+            if gone == 1 { "is" } else { "are" }
+        ));
+    }
     if !expected.lists(me) {
         summary.push_str(&format!("; this replica ({me}) is not among them"));
     }
-    view.detail = format!("{summary}. {}", view.detail);
+    view.detail = if view.detail.is_empty() {
+        format!("{summary}.")
+    } else {
+        format!("{summary}. {}", view.detail)
+    };
 }
 
 fn listed_evidence(listed: &Listed, matched: Match<'_>) -> Evidence {
@@ -507,7 +529,7 @@ fn listed_evidence(listed: &Listed, matched: Match<'_>) -> Evidence {
         (Match::Member(m), true) => (
             MethodStatus::Partial,
             format!(
-                "{}{at}: not found now ({} here)",
+                "{}{at}: still listed, {} here",
                 listed.state,
                 m.state.as_str()
             ),
@@ -538,9 +560,6 @@ fn not_found(expected: &Expected, snapshot: &Snapshot, me: &str) -> Vec<NotFound
             alias: listed.alias.clone(),
             addr: listed.addr,
             state: listed.state.clone(),
-            // Only the dead are missing by name (see `Expected::missing`).
-            here: matches!(Expected::find(listed, snapshot, me), Match::Member(_))
-                .then_some("stopped answering"),
         })
         .collect()
 }
@@ -932,12 +951,21 @@ mod tests {
         let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].name, "ms-vprdj");
-        // B is dead: by name it is missing now, and the view says what became of it.
+        // B dies while still listed: it has its own card and counts as history, so it
+        // is not missing as well, and the report says it is still listed.
         table.replaced("B", "gone");
         let missing = not_found(&expected, &table.snapshot(), "ms-gtxdh");
-        assert_eq!(missing.len(), 2);
-        assert_eq!(missing[0].here, Some("stopped answering"));
-        // One that said goodbye is on its way out (the listing lags a scale-down).
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        let dead = view(&table, "ms-gtxdh");
+        assert!(
+            dead.detail.contains(
+                "found 1; not found: ms-vprdj; 1 stopped answering here and is still listed."
+            ),
+            "{}",
+            dead.detail
+        );
+        assert!(dead.evidence[1].detail.ends_with("still listed, dead here"));
+        // So with one that said goodbye (the listing lags a scale-down).
         table.admit(
             identity("B2", "ms-rq7kk", "127.0.0.3:80"),
             Method::Scan,
@@ -967,6 +995,12 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(view.status, MethodStatus::Fails);
+        assert!(
+            view.detail
+                .starts_with("When last asked, 0 s ago, App Platform ran 3 instances"),
+            "{}",
+            view.detail
+        );
     }
 
     #[test]

@@ -82,15 +82,20 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Capped<T> {
     }
 }
 
-/// An answer that does not parse, in a few words: serde quotes the offending value whole.
-pub fn malformed(e: &serde_json::Error) -> ApiError {
-    ApiError::Malformed(
-        e.to_string()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(200)
-            .collect(),
-    )
+/// An answer that does not parse, in a few words (serde quotes the offending value
+/// whole), and how the answer starts: `<html>` says a proxy or a login page answered.
+pub fn malformed(e: &serde_json::Error, body: &[u8]) -> ApiError {
+    let start: String = String::from_utf8_lossy(&body[..body.len().min(32)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let why: String = e
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    ApiError::Malformed(format!("{why}; the answer starts \"{start}\""))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +320,7 @@ mod tests {
         assert_eq!((short.items, short.total), (vec![1, 2], 2));
         let huge = format!("{{\"instances\": \"{}\"}}", "x".repeat(1 << 20));
         let err = serde_json::from_str::<Capped<u32>>(&huge).unwrap_err();
-        assert!(malformed(&err).to_string().len() < 240);
+        assert!(malformed(&err, huge.as_bytes()).to_string().len() < 300);
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Lister for AppPlatform {
     /// The instances of this replica's component: the one its own instance belongs to,
     /// else the one named like its service.
     fn read(&self, body: &[u8], me: &str) -> Result<Listing, ApiError> {
-        let answer: Answer = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+        let answer: Answer = serde_json::from_slice(body).map_err(|e| malformed(&e, body))?;
         let component = answer
             .instances
             .items

@@ -60,7 +60,8 @@ impl Lister for Fly {
     }
 
     fn read(&self, body: &[u8], _me: &str) -> Result<Listing, ApiError> {
-        let machines: Capped<Machine> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+        let machines: Capped<Machine> =
+            serde_json::from_slice(body).map_err(|e| malformed(&e, body))?;
         let mine: Vec<&Machine> = machines
             .items
             .iter()

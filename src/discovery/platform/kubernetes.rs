@@ -122,7 +122,7 @@ impl Lister for Kubernetes {
     }
 
     fn read(&self, body: &[u8], _me: &str) -> Result<Listing, ApiError> {
-        let list: PodList = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+        let list: PodList = serde_json::from_slice(body).map_err(|e| malformed(&e, body))?;
         let more = list.metadata.more.is_some_and(|c| !c.is_empty());
         Ok(Listing {
             scope: format!(
