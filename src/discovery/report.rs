@@ -80,6 +80,12 @@ impl Report {
             .count()
     }
 
+    /// The platform's listing, while it still speaks for the platform (see
+    /// [`Expected::is_current`]).
+    pub fn listing(&self) -> Option<&Expected> {
+        self.expected.as_ref().filter(|e| e.is_current(self.failed))
+    }
+
     /// A method that has not finished a round yet.
     pub fn detail(detail: impl Into<String>) -> Report {
         Report {

@@ -196,7 +196,7 @@ impl Status {
         // component, names that are not hostnames here): it expects nothing of this view.
         let expected = reports
             .get(&Method::Platform)
-            .and_then(|r| r.expected.as_ref().filter(|e| e.is_current(r.failed)))
+            .and_then(Report::listing)
             .filter(|e| e.lists(&me.name));
         let not_found = expected
             .map(|e| not_found(e, &snapshot, &me.name))
@@ -425,11 +425,7 @@ fn method_view(
         evidence: report.evidence.clone(),
         claimed: report.claimed(snapshot),
     };
-    if let Some(expected) = report
-        .expected
-        .as_ref()
-        .filter(|e| e.is_current(report.failed))
-    {
+    if let Some(expected) = report.listing() {
         listing_view(&mut view, expected, report.failed, snapshot, me);
     }
     view
@@ -550,7 +546,8 @@ fn listed_evidence(listed: &Listed, matched: Match<'_>) -> Evidence {
     }
 }
 
-/// The running instances the platform lists that are not found now, this replica aside.
+/// The running instances the platform lists that no member by that name was found for,
+/// this replica aside (see [`Expected::missing`]).
 fn not_found(expected: &Expected, snapshot: &Snapshot, me: &str) -> Vec<NotFoundView> {
     expected
         .missing(snapshot, me)
